@@ -1,0 +1,365 @@
+//! Command line: subcommands, logging set-up, and the documented exit codes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::detect::{DetectError, Detector};
+use crate::emulator::{self, KeyKind, ListFormat, Settings};
+use crate::reconcile::{CheckReport, ReconcileError, Reconciler, Report};
+use crate::sendsms::{ApiStatus, Client, ClientBuildError};
+
+/// The exit codes the README documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Success = 0,
+    NotUsable = 1,
+    Config = 2,
+    Detection = 3,
+    BootstrapRefused = 4,
+    NotVerified = 5,
+}
+
+/// A command's failure: what to print and which exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure {
+            exit: Exit::Config,
+            message: format!("configuration: {e}"),
+        }
+    }
+}
+
+impl From<ClientBuildError> for Failure {
+    fn from(e: ClientBuildError) -> Self {
+        Failure {
+            exit: Exit::Config,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<DetectError> for Failure {
+    fn from(e: DetectError) -> Self {
+        Failure {
+            exit: Exit::Detection,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ReconcileError> for Failure {
+    fn from(e: ReconcileError) -> Self {
+        let exit = match e.exit_code() {
+            4 => Exit::BootstrapRefused,
+            _ => Exit::NotVerified,
+        };
+        Failure {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sendsms-whitelister",
+    version,
+    about = "Keeps a sendSMS.ro API key's IP whitelist in step with this host's egress IP."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One pass: detect the egress IP, whitelist it through the bootstrap path if needed, verify it.
+    Once,
+    /// Read-only: is the egress IP whitelisted and does the key work from here? Exit 0 or 1.
+    Check,
+    /// The whole flow against an in-process emulator, with no account and no network.
+    Demo,
+    /// Serve the offline sendSMS API emulator.
+    Emulator(Box<EmulatorArgs>),
+}
+
+#[derive(Args, Debug)]
+struct EmulatorArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    listen: SocketAddr,
+    /// The account's user name.
+    #[arg(long, default_value = "demo")]
+    username: String,
+    /// The account's password (token actions need an API key instead).
+    #[arg(long, default_value = "demo-account-password")]
+    password: String,
+    /// An IP-locked API key (repeatable).
+    #[arg(long = "default-key", value_name = "SECRET")]
+    default_keys: Vec<String>,
+    /// An API key that works from anywhere (repeatable).
+    #[arg(long = "cloud-key", value_name = "SECRET")]
+    cloud_keys: Vec<String>,
+    /// An address pre-whitelisted on every default key (repeatable).
+    #[arg(long = "allow", value_name = "IP")]
+    allow: Vec<IpAddr>,
+    /// Added delay before each API answer, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    latency: u64,
+    /// An added IP takes effect only after this many milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    propagation_delay: u64,
+    /// Status answered when token_add_ip names a listed IP.
+    #[arg(long, default_value_t = -512, allow_negative_numbers = true, value_name = "N")]
+    duplicate_status: i64,
+    /// Unbilled requests per window per account; 0 turns the limit off.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    rate_limit: u32,
+    /// Status answered when the rate limit is hit.
+    #[arg(long, default_value_t = -4096, allow_negative_numbers = true, value_name = "N")]
+    rate_limit_status: i64,
+    /// Length of the rate-limit window, in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    rate_window: u64,
+    /// Chance (0 to 1) of a transient fault per API request: HTTP 502 or a dropped connection.
+    #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_probability)]
+    fail_rate: f64,
+    /// Shape of token_list_ips details.
+    #[arg(long, value_enum, default_value_t = ListFormat::Strings)]
+    list_format: ListFormat,
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err("expected a probability from 0 to 1, such as 0.3".into()),
+    }
+}
+
+impl EmulatorArgs {
+    /// Keys in command-line order, interleaving the two flags, so state reports match the order given.
+    fn settings(self, matches: &ArgMatches) -> Settings {
+        let indices = |id: &str| -> Vec<usize> {
+            matches
+                .indices_of(id)
+                .map(Iterator::collect)
+                .unwrap_or_default()
+        };
+        let mut keys: Vec<(usize, KeyKind, String)> = indices("default_keys")
+            .into_iter()
+            .zip(self.default_keys)
+            .map(|(i, k)| (i, KeyKind::Default, k))
+            .chain(
+                indices("cloud_keys")
+                    .into_iter()
+                    .zip(self.cloud_keys)
+                    .map(|(i, k)| (i, KeyKind::Cloud, k)),
+            )
+            .collect();
+        keys.sort_by_key(|(i, _, _)| *i);
+        Settings {
+            username: self.username,
+            password: self.password,
+            keys: keys.into_iter().map(|(_, kind, key)| (kind, key)).collect(),
+            allow: self.allow,
+            latency: Duration::from_millis(self.latency),
+            propagation_delay: Duration::from_millis(self.propagation_delay),
+            duplicate_status: self.duplicate_status,
+            rate_limit: self.rate_limit,
+            rate_limit_status: self.rate_limit_status,
+            rate_window: Duration::from_millis(self.rate_window.max(1)),
+            fail_rate: self.fail_rate,
+            list_format: self.list_format,
+        }
+    }
+}
+
+fn init_logging(format: Option<LogFormat>, default_level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let json = match format {
+        Some(f) => f == LogFormat::Json,
+        None => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (the demo runs commands in-process) keeps the first subscriber.
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+}
+
+pub fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: the async runtime cannot start: {e}");
+            return ExitCode::from(Exit::NotVerified as u8);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Once => {
+                let config = load_config()?;
+                init_logging(config.log_format, "info");
+                let reports = once(&config).await?;
+                for report in reports {
+                    println!("ok: {report}");
+                }
+                Ok(Exit::Success)
+            }
+            Command::Check => {
+                let config = load_config()?;
+                init_logging(config.log_format, "warn");
+                let reports = check(&config).await?;
+                Ok(print_check(&reports))
+            }
+            Command::Demo => {
+                init_logging(None, "warn");
+                crate::demo::run().await
+            }
+            Command::Emulator(args) => {
+                init_logging(None, "info");
+                let sub = matches
+                    .subcommand_matches("emulator")
+                    .cloned()
+                    .unwrap_or_default();
+                let listen = args.listen;
+                let running = emulator::start(listen, args.settings(&sub))
+                    .await
+                    .map_err(|e| Failure {
+                        exit: Exit::Config,
+                        message: format!("--listen {listen}: {e}"),
+                    })?;
+                println!("listening on http://{}", running.addr);
+                running.wait().await.map_err(|e| Failure {
+                    exit: Exit::NotVerified,
+                    message: format!("the emulator stopped: {e}"),
+                })?;
+                Ok(Exit::Success)
+            }
+        }
+    });
+    match result {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}
+
+fn load_config() -> Result<Config, Failure> {
+    Ok(Config::from_env()?)
+}
+
+/// The direct and bootstrap clients for one configuration.
+pub fn reconciler(config: &Config) -> Result<Reconciler, Failure> {
+    let direct = Client::direct(
+        config.api_url.clone(),
+        config.credentials.clone(),
+        config.request_timeout,
+    )?
+    .with_duplicate_status(ApiStatus::DuplicateRecord);
+    let bootstrap = Client::bootstrap(
+        config.api_url.clone(),
+        config.credentials.clone(),
+        config.request_timeout,
+        &config.bootstrap,
+    )?;
+    Ok(Reconciler::new(
+        direct,
+        bootstrap,
+        config.bootstrap.is_direct(),
+        config.verify_timeout,
+    ))
+}
+
+async fn detect_all(config: &Config) -> Result<Vec<IpAddr>, Failure> {
+    let detector = Detector::new(&config.detection, config.request_timeout);
+    let mut ips = Vec::new();
+    for family in &config.detection.families {
+        let ip = detector.detect(*family).await?;
+        tracing::info!(%ip, %family, "egress address detected");
+        ips.push(ip);
+    }
+    Ok(ips)
+}
+
+/// `once`: every egress IP whitelisted and verified, or the first failure.
+pub async fn once(config: &Config) -> Result<Vec<Report>, Failure> {
+    let reconciler = reconciler(config)?;
+    let mut reports = Vec::new();
+    for ip in detect_all(config).await? {
+        reports.push(reconciler.ensure(ip).await?);
+    }
+    Ok(reports)
+}
+
+/// `check`: read-only.
+pub async fn check(config: &Config) -> Result<Vec<CheckReport>, Failure> {
+    let reconciler = reconciler(config)?;
+    let mut reports = Vec::new();
+    for ip in detect_all(config).await? {
+        reports.push(reconciler.check(ip).await?);
+    }
+    Ok(reports)
+}
+
+pub fn print_check(reports: &[CheckReport]) -> Exit {
+    let mut exit = Exit::Success;
+    for report in reports {
+        println!("egress IP: {}", report.ip);
+        match (&report.whitelist, &report.refusal) {
+            (Some(whitelist), _) => {
+                println!("key works from this host: yes");
+                println!(
+                    "listed: {}",
+                    if whitelist.covers(report.ip) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+                println!("whitelist: {whitelist}");
+            }
+            (None, refusal) => {
+                println!(
+                    "key works from this host: no ({})",
+                    refusal.as_deref().unwrap_or("refused")
+                );
+                println!("listed: no");
+                println!("whitelist: unknown (the key is refused from here, so it cannot read it)");
+            }
+        }
+        if !report.usable() {
+            exit = Exit::NotUsable;
+        }
+    }
+    exit
+}

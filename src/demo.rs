@@ -1,0 +1,125 @@
+//! `demo`: the whole flow against an in-process emulator on loopback, explained as it runs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::cli::{self, Exit, Failure};
+use crate::config::Config;
+use crate::emulator::{self, KeyKind, Settings};
+
+/// Any 127.0.0.0/8 address is this host on Linux, so a second one plays the bastion whose
+/// egress IP is already whitelisted.
+const BASTION: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const USERNAME: &str = "demo";
+
+fn failed(step: &str, failure: Failure) -> Failure {
+    Failure {
+        exit: failure.exit,
+        message: format!("demo step '{step}' failed: {}", failure.message),
+    }
+}
+
+pub async fn run() -> Result<Exit, Failure> {
+    let api_key = format!("demo-key-{:016x}", rand::random::<u64>());
+    let settings = Settings {
+        username: USERNAME.into(),
+        keys: vec![(KeyKind::Default, api_key.clone())],
+        allow: vec![BASTION],
+        ..Settings::default()
+    };
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let running = emulator::start(listen, settings)
+        .await
+        .map_err(|e| Failure {
+            exit: Exit::NotVerified,
+            message: format!("the demo emulator cannot listen on {listen}: {e}"),
+        })?;
+    let base = format!("http://{}", running.addr);
+    println!("sendsms-whitelister demo: the whole flow, offline, against the built-in emulator.");
+    println!();
+    println!(
+        "1. A stand-in sendSMS API listens on {base}/json with one account ({USERNAME}) and one"
+    );
+    println!(
+        "   IP-locked API key. Its whitelist holds only {BASTION}, the \"bastion\": the path that"
+    );
+    println!(
+        "   is already authorized. This host's own address is not on it, so the key fails here."
+    );
+
+    let config = Config::from_vars(
+        [
+            ("SENDSMS_USERNAME", USERNAME.to_owned()),
+            ("SENDSMS_API_KEY", api_key),
+            ("SENDSMS_API_URL", format!("{base}/json")),
+            ("SENDSMS_IP_PROVIDERS", format!("{base}/ip")),
+            ("SENDSMS_BOOTSTRAP_BIND", BASTION.to_string()),
+            ("SENDSMS_ALLOW_NON_PUBLIC_IPS", "true".to_owned()),
+            ("SENDSMS_VERIFY_TIMEOUT", "30s".to_owned()),
+            ("SENDSMS_REQUEST_TIMEOUT", "5s".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    )
+    .map_err(|e| failed("configure", e.into()))?;
+
+    println!();
+    println!("2. `once`: detect the egress IP (the emulator's /ip echo), try the key from here");
+    println!(
+        "   (token_list_ips), add the IP with token_add_ip sent from the bastion address, then"
+    );
+    println!("   call token_list_ips from here until the key works and lists the IP.");
+    let reports = cli::once(&config).await.map_err(|f| failed("once", f))?;
+    for report in &reports {
+        println!("   -> {report}");
+    }
+
+    println!();
+    println!("3. `check`: the read-only proof an operator or a probe would run.");
+    let checks = cli::check(&config).await.map_err(|f| failed("check", f))?;
+    for check in &checks {
+        println!(
+            "   -> {} listed: {}; whitelist: {}",
+            check.ip,
+            if check.usable() {
+                "yes, and the key works from it"
+            } else {
+                "no"
+            },
+            check
+                .whitelist
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "unreadable".into())
+        );
+    }
+
+    println!();
+    println!("4. What the emulator saw, per action (accepted / refused):");
+    let state = running.state();
+    if let Some(requests) = state
+        .pointer("/keys/0/requests")
+        .and_then(|r| r.as_object())
+    {
+        for (action, counts) in requests {
+            println!(
+                "   {action}: {} / {}",
+                counts.get("accepted").unwrap_or(&serde_json::Value::Null),
+                counts.get("refused").unwrap_or(&serde_json::Value::Null)
+            );
+        }
+    }
+    running.shutdown();
+    let usable = checks.iter().all(|c| c.usable());
+    println!();
+    if usable {
+        println!(
+            "Done: the key now works from this host. In production, point SENDSMS_API_URL at the"
+        );
+        println!("real API and SENDSMS_BOOTSTRAP_PROXY or SENDSMS_BOOTSTRAP_BIND at your bastion.");
+        Ok(Exit::Success)
+    } else {
+        Err(Failure {
+            exit: Exit::NotUsable,
+            message: "demo: check found the IP unusable after once succeeded".into(),
+        })
+    }
+}

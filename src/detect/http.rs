@@ -1,0 +1,125 @@
+//! HTTP(S) echo providers: plain text, a Cloudflare-trace body, or JSON with an `ip` field.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use url::Url;
+
+use super::{Family, IpSource, LookupFuture};
+
+/// An echo answer is one address; anything bigger is not an echo service.
+pub const MAX_ECHO_BYTES: usize = 1024;
+
+pub struct HttpEcho {
+    url: Url,
+    /// One client per family, each bound to that family's unspecified address, built once so
+    /// that polls reuse connections.
+    v4: Result<reqwest::Client, String>,
+    v6: Result<reqwest::Client, String>,
+}
+
+impl HttpEcho {
+    pub fn new(url: Url, timeout: Duration) -> Self {
+        let client = |family: Family| {
+            crate::http::client_builder(timeout, Some(family.unspecified()))
+                .build()
+                .map_err(crate::http::describe)
+        };
+        HttpEcho {
+            url,
+            v4: client(Family::V4),
+            v6: client(Family::V6),
+        }
+    }
+
+    async fn ask(&self, family: Family) -> Result<IpAddr, String> {
+        let client = match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+        .as_ref()
+        .map_err(Clone::clone)?;
+        let response = client
+            .get(self.url.clone())
+            .send()
+            .await
+            .map_err(crate::http::describe)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP {}", status.as_u16()));
+        }
+        let body = crate::http::read_capped(response, MAX_ECHO_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        parse_echo(&body)
+    }
+}
+
+impl IpSource for HttpEcho {
+    fn lookup(&self, family: Family) -> LookupFuture<'_> {
+        Box::pin(self.ask(family))
+    }
+}
+
+/// Reads the one address an echo body holds.
+pub fn parse_echo(body: &[u8]) -> Result<IpAddr, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "a body that is not text".to_owned())?;
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    if text.starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|_| "a body that is not valid JSON".to_owned())?;
+        return value
+            .get("ip")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| "JSON without an address in its \"ip\" field".to_owned());
+    }
+    let trace: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("ip="))
+        .collect();
+    match trace.as_slice() {
+        [one] => one
+            .trim()
+            .parse()
+            .map_err(|_| "an ip= line that is not an address".to_owned()),
+        [] => Err("a body that is not an address".to_owned()),
+        _ => Err("more than one ip= line".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_formats() {
+        assert_eq!(
+            parse_echo(b"203.0.113.9\n"),
+            Ok("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(
+            parse_echo(b"{\"ip\":\"2001:db8::5\"}"),
+            Ok("2001:db8::5".parse().unwrap())
+        );
+        let trace = b"fl=1\nh=1.1.1.1\nip=198.51.100.4\nts=1\nvisit_scheme=https\n";
+        assert_eq!(parse_echo(trace), Ok("198.51.100.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        for body in [
+            &b"<html><body>hello</body></html>"[..],
+            b"203.0.113.9 203.0.113.10",
+            b"ip=1.2.3.4\nip=5.6.7.8",
+            b"{\"address\":\"1.2.3.4\"}",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert!(parse_echo(body).is_err(), "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Offline stand-in for the sendSMS JSON API (keys, whitelists, faults), for demos, tests and users' CI.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::{Value, json};
+
+/// How `token_list_ips` shapes its `details`: the real shape is unpublished, so clients are
+/// tested against each plausible one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// `["1.2.3.4", ...]`
+    #[default]
+    Strings,
+    /// `[{"ip": "1.2.3.4", "id": 1}, ...]`
+    Objects,
+    /// `{"1.2.3.4": "added", ...}`
+    Map,
+    /// `"1.2.3.4,5.6.7.8"`
+    Csv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Works only from the peer addresses on its whitelist.
+    Default,
+    /// Works from anywhere.
+    Cloud,
+}
+
+/// Everything the emulator models; each unknown of the real API is a setting.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub username: String,
+    pub password: String,
+    /// In the order given on the command line; `/_emulator/state` reports them in this order.
+    pub keys: Vec<(KeyKind, String)>,
+    pub allow: Vec<IpAddr>,
+    pub latency: Duration,
+    pub propagation_delay: Duration,
+    pub duplicate_status: i64,
+    /// Unbilled requests per window per account; 0 turns the limit off.
+    pub rate_limit: u32,
+    pub rate_limit_status: i64,
+    pub rate_window: Duration,
+    pub fail_rate: f64,
+    pub list_format: ListFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            username: "demo".into(),
+            password: "demo-account-password".into(),
+            keys: Vec::new(),
+            allow: Vec::new(),
+            latency: Duration::ZERO,
+            propagation_delay: Duration::ZERO,
+            duplicate_status: -512,
+            rate_limit: 10,
+            rate_limit_status: -4096,
+            rate_window: Duration::from_secs(60),
+            fail_rate: 0.0,
+            list_format: ListFormat::Strings,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default, serde::Serialize)]
+struct Counts {
+    accepted: u64,
+    refused: u64,
+}
+
+struct Listed {
+    ip: IpAddr,
+    effective_at: Instant,
+}
+
+struct Key {
+    kind: KeyKind,
+    secret: String,
+    whitelist: Vec<Listed>,
+    requests: BTreeMap<String, Counts>,
+}
+
+impl Key {
+    fn effective(&self, now: Instant) -> impl Iterator<Item = IpAddr> + '_ {
+        self.whitelist
+            .iter()
+            .filter(move |l| l.effective_at <= now)
+            .map(|l| l.ip)
+    }
+
+    fn count(&mut self, action: &str, accepted: bool) {
+        let counts = self.requests.entry(action.to_owned()).or_default();
+        if accepted {
+            counts.accepted += 1;
+        } else {
+            counts.refused += 1;
+        }
+    }
+}
+
+struct Account {
+    keys: Vec<Key>,
+    recent: VecDeque<Instant>,
+    unmatched: u64,
+    rate_limited: u64,
+}
+
+struct Emulator {
+    settings: Settings,
+    account: Mutex<Account>,
+}
+
+impl Emulator {
+    fn account(&self) -> MutexGuard<'_, Account> {
+        // A panic while holding the lock cannot leave the account half-changed in a way that
+        // matters to a test double, so a poisoned lock is simply taken over.
+        self.account
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running emulator; dropping it does not stop it, `shutdown` does.
+pub struct RunningEmulator {
+    pub addr: SocketAddr,
+    emulator: Arc<Emulator>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningEmulator {
+    /// What `/_emulator/state` answers.
+    pub fn state(&self) -> Value {
+        snapshot(&self.emulator)
+    }
+
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+
+    pub fn shutdown(&self) {
+        self.task.abort();
+    }
+}
+
+pub async fn start(listen: SocketAddr, settings: Settings) -> std::io::Result<RunningEmulator> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let now = Instant::now();
+    let keys = settings
+        .keys
+        .iter()
+        .map(|(kind, secret)| Key {
+            kind: *kind,
+            secret: secret.clone(),
+            whitelist: match kind {
+                KeyKind::Default => settings
+                    .allow
+                    .iter()
+                    .map(|&ip| Listed {
+                        ip,
+                        effective_at: now,
+                    })
+                    .collect(),
+                KeyKind::Cloud => Vec::new(),
+            },
+            requests: BTreeMap::new(),
+        })
+        .collect();
+    let emulator = Arc::new(Emulator {
+        settings,
+        account: Mutex::new(Account {
+            keys,
+            recent: VecDeque::new(),
+            unmatched: 0,
+            rate_limited: 0,
+        }),
+    });
+    let app = Router::new()
+        .route("/json", any(api))
+        .route("/ip", get(echo_ip))
+        .route("/_emulator/state", get(state))
+        .route("/_emulator/remove-ip", post(remove_ip))
+        .with_state(Arc::clone(&emulator));
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    Ok(RunningEmulator {
+        addr,
+        emulator,
+        task,
+    })
+}
+
+fn peer_ip(peer: SocketAddr) -> IpAddr {
+    peer.ip().to_canonical()
+}
+
+async fn echo_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        format!("{}\n", peer_ip(peer)),
+    )
+        .into_response()
+}
+
+/// The API answers HTTP 200 with JSON labelled as HTML, whatever happened.
+fn answer(status: i64, message: &str, details: Value) -> Response {
+    let body = json!({"status": status, "message": message, "details": details}).to_string();
+    ([(header::CONTENT_TYPE, "text/html; charset=UTF-8")], body).into_response()
+}
+
+/// A body that fails at once, so the client sees the connection drop mid-answer.
+struct Severed;
+
+impl http_body::Body for Severed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::other(
+            "connection severed by the emulator",
+        ))))
+    }
+}
+
+fn injected_fault() -> Response {
+    if rand::random_bool(0.5) {
+        (
+            StatusCode::BAD_GATEWAY,
+            "<html><body>502 Bad Gateway</body></html>",
+        )
+            .into_response()
+    } else {
+        let mut response = Response::new(Body::new(Severed));
+        response.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            header::HeaderValue::from_static("64"),
+        );
+        response
+    }
+}
+
+fn form_params(query: Option<&str>, body: &[u8]) -> BTreeMap<String, String> {
+    let mut params: BTreeMap<String, String> =
+        url::form_urlencoded::parse(body).into_owned().collect();
+    if let Some(query) = query {
+        params.extend(url::form_urlencoded::parse(query.as_bytes()).into_owned());
+    }
+    params
+}
+
+async fn api(
+    State(emulator): State<Arc<Emulator>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let settings = &emulator.settings;
+    if !settings.latency.is_zero() {
+        tokio::time::sleep(settings.latency).await;
+    }
+    if settings.fail_rate > 0.0 && rand::random_bool(settings.fail_rate.min(1.0)) {
+        return injected_fault();
+    }
+    let params = form_params(query.as_deref(), &body);
+    handle(&emulator, peer_ip(peer), &params)
+}
+
+fn handle(emulator: &Emulator, peer: IpAddr, params: &BTreeMap<String, String>) -> Response {
+    let settings = &emulator.settings;
+    let now = Instant::now();
+    let mut account = emulator.account();
+
+    if settings.rate_limit > 0 {
+        while account
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= settings.rate_window)
+        {
+            account.recent.pop_front();
+        }
+        if account.recent.len() >= settings.rate_limit as usize {
+            account.rate_limited += 1;
+            return answer(
+                settings.rate_limit_status,
+                "Too many requests, slow down",
+                Value::Null,
+            );
+        }
+        account.recent.push_back(now);
+    }
+
+    let Some(action) = params.get("action").filter(|a| !a.is_empty()) else {
+        return answer(-1, "No action was given", Value::Null);
+    };
+    let (Some(username), Some(password)) = (params.get("username"), params.get("password")) else {
+        return answer(
+            -4,
+            "Missing parameter: username and password are required",
+            Value::Null,
+        );
+    };
+    if !matches!(action.as_str(), "token_add_ip" | "token_list_ips") {
+        return answer(-2, "No such action", Value::Null);
+    }
+    if *username != settings.username {
+        account.unmatched += 1;
+        return answer(-8, "Authentication failed", Value::Null);
+    }
+    let Some(key) = account.keys.iter_mut().find(|k| k.secret == *password) else {
+        account.unmatched += 1;
+        let message = if *password == settings.password {
+            "Token actions need an API key as password"
+        } else {
+            "Authentication failed"
+        };
+        return answer(-8, message, Value::Null);
+    };
+    if key.kind == KeyKind::Default && !key.effective(now).any(|ip| ip == peer) {
+        key.count(action, false);
+        return answer(
+            -8,
+            "Authentication failed: IP address not authorized for this API key",
+            Value::Null,
+        );
+    }
+
+    match action.as_str() {
+        "token_add_ip" => {
+            let Some(text) = params.get("ipaddr") else {
+                key.count(action, false);
+                return answer(-4, "Missing parameter: ipaddr", Value::Null);
+            };
+            let Ok(ip) = text.trim().parse::<IpAddr>() else {
+                key.count(action, false);
+                return answer(-128, "Invalid IP address", Value::Null);
+            };
+            let ip = ip.to_canonical();
+            key.count(action, true);
+            if key.whitelist.iter().any(|l| l.ip == ip) {
+                return answer(
+                    settings.duplicate_status,
+                    "IP address already whitelisted",
+                    Value::Null,
+                );
+            }
+            key.whitelist.push(Listed {
+                ip,
+                effective_at: now + settings.propagation_delay,
+            });
+            answer(0, "IP address added", Value::Null)
+        }
+        _ => {
+            key.count(action, true);
+            let ips: Vec<String> = key.effective(now).map(|ip| ip.to_string()).collect();
+            let details = match settings.list_format {
+                ListFormat::Strings => json!(ips),
+                ListFormat::Objects => Value::Array(
+                    ips.iter()
+                        .enumerate()
+                        .map(|(i, ip)| json!({"id": i + 1, "ip": ip}))
+                        .collect(),
+                ),
+                ListFormat::Map => {
+                    Value::Object(ips.iter().map(|ip| (ip.clone(), json!("added"))).collect())
+                }
+                ListFormat::Csv => json!(ips.join(",")),
+            };
+            answer(0, "OK", details)
+        }
+    }
+}
+
+async fn state(State(emulator): State<Arc<Emulator>>) -> Response {
+    axum::Json(snapshot(&emulator)).into_response()
+}
+
+fn snapshot(emulator: &Emulator) -> Value {
+    let now = Instant::now();
+    let account = emulator.account();
+    let keys: Vec<Value> = account
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(index, key)| {
+            json!({
+                "index": index,
+                "kind": key.kind,
+                "whitelist": key.effective(now).map(|ip| ip.to_string()).collect::<Vec<_>>(),
+                "pending": key.whitelist.iter().filter(|l| l.effective_at > now).map(|l| l.ip.to_string()).collect::<Vec<_>>(),
+                "requests": key.requests,
+            })
+        })
+        .collect();
+    json!({
+        "keys": keys,
+        "unmatched_requests": account.unmatched,
+        "rate_limited_requests": account.rate_limited,
+    })
+}
+
+/// What a person does in the web UI: take an address off a key (the API has no such action).
+async fn remove_ip(
+    State(emulator): State<Arc<Emulator>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let params = form_params(query.as_deref(), &body);
+    let key = params.get("key").and_then(|k| k.parse::<usize>().ok());
+    let ip = params.get("ip").and_then(|i| i.parse::<IpAddr>().ok());
+    let (Some(key), Some(ip)) = (key, ip) else {
+        return (StatusCode::BAD_REQUEST, "need key=INDEX and ip=ADDRESS\n").into_response();
+    };
+    let mut account = emulator.account();
+    let Some(key) = account.keys.get_mut(key) else {
+        return (StatusCode::NOT_FOUND, "no such key index\n").into_response();
+    };
+    let before = key.whitelist.len();
+    key.whitelist.retain(|l| l.ip != ip.to_canonical());
+    axum::Json(json!({"removed": before - key.whitelist.len()})).into_response()
+}

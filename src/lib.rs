@@ -1,0 +1,10 @@
+//! sendsms-whitelister: keeps a sendSMS.ro API key's IP whitelist in step with this host's egress IP.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod detect;
+pub mod emulator;
+pub mod http;
+pub mod reconcile;
+pub mod sendsms;
