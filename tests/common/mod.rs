@@ -1,0 +1,219 @@
+//! Test harness: the real binary, an emulator child process, and the no-leak assertion.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sendsms-whitelister");
+/// The secret every test hands the binary; no output may ever contain it.
+pub const KEY: &str = "k3y-5ecret-7f1d9c2b";
+pub const USERNAME: &str = "tester";
+
+/// An emulator child process on a free loopback port; killed on drop.
+pub struct Emulator {
+    _child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Emulator {
+    /// `extra` are emulator flags; the account, the key and a free port are added here.
+    pub async fn start(extra: &[&str]) -> Emulator {
+        let mut child = Command::new(BIN)
+            .args([
+                "emulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--username",
+                USERNAME,
+                "--default-key",
+                KEY,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn emulator");
+        let stdout = child.stdout.take().expect("emulator stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("emulator announces its address in time")
+            .expect("read emulator stdout")
+            .expect("emulator printed a line");
+        assert!(!first.contains(KEY), "the emulator printed the key");
+        let addr = first
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .parse()
+            .expect("address");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Emulator {
+            _child: child,
+            addr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn state(&self) -> Value {
+        let body = reqwest::get(self.url("/_emulator/state"))
+            .await
+            .expect("state request")
+            .bytes()
+            .await
+            .expect("state body");
+        serde_json::from_slice(&body).expect("state json")
+    }
+
+    /// (accepted, refused) for one action on key `index`.
+    pub async fn requests(&self, index: usize, action: &str) -> (u64, u64) {
+        let state = self.state().await;
+        let counts = &state["keys"][index]["requests"][action];
+        (
+            counts["accepted"].as_u64().unwrap_or(0),
+            counts["refused"].as_u64().unwrap_or(0),
+        )
+    }
+
+    pub async fn whitelist(&self, index: usize) -> Vec<String> {
+        let state = self.state().await;
+        state["keys"][index]["whitelist"]
+            .as_array()
+            .expect("whitelist array")
+            .iter()
+            .map(|v| v.as_str().expect("string").to_owned())
+            .collect()
+    }
+
+    /// Calls the API as a client bound to `from`, the way another host would.
+    pub async fn call_from(&self, from: IpAddr, params: &[(&str, &str)]) -> Value {
+        let client = reqwest::Client::builder()
+            .local_address(from)
+            .no_proxy()
+            .build()
+            .expect("client");
+        let mut url = url::Url::parse(&self.url("/json")).expect("url");
+        url.query_pairs_mut().extend_pairs(params);
+        let body = client
+            .get(url)
+            .send()
+            .await
+            .expect("api call")
+            .bytes()
+            .await
+            .expect("api body");
+        serde_json::from_slice(&body).expect("api json")
+    }
+
+    /// The environment that points the binary at this emulator.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("SENDSMS_USERNAME", USERNAME.to_owned()),
+            ("SENDSMS_API_KEY", KEY.to_owned()),
+            ("SENDSMS_API_URL", self.url("/json")),
+            ("SENDSMS_IP_PROVIDERS", self.url("/ip")),
+            ("SENDSMS_ALLOW_NON_PUBLIC_IPS", "true".to_owned()),
+            ("SENDSMS_VERIFY_TIMEOUT", "20s".to_owned()),
+            ("SENDSMS_REQUEST_TIMEOUT", "3s".to_owned()),
+            ("SENDSMS_LOG_FORMAT", "text".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs the binary with exactly `env` (plus PATH), and asserts the key is in no output.
+pub async fn run(args: &[&str], env: &[(String, String)]) -> Run {
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run binary");
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    };
+    assert_no_leak(&run);
+    run
+}
+
+pub fn assert_no_leak(run: &Run) {
+    assert!(
+        !run.stdout.contains(KEY) && !run.stderr.contains(KEY),
+        "the API key leaked into the output:\n{run:?}"
+    );
+}
+
+/// Replaces or adds variables.
+pub fn with(mut env: Vec<(String, String)>, changes: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in changes {
+        env.retain(|(key, _)| key != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+pub fn without(mut env: Vec<(String, String)>, name: &str) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != name);
+    env
+}
+
+/// A tool the test needs: in CI its absence fails the test; elsewhere the test says loudly
+/// that it did not run.
+pub fn require_tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        let message = format!("`{name}` is not installed; .ci/run installs it");
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("NOT RUN: {message}");
+    }
+    found
+}
+
+/// A free TCP port on loopback (the tiny race with another process taking it is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub async fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
