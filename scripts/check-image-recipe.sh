@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Prove the Dockerfile's recipe without a Docker engine (run as root):
+#  1. the build command here is the Dockerfile's, character for character;
+#  2. it builds from a context holding only what the Dockerfile COPYs;
+#  3. the result is statically linked (no PT_INTERP, no shared libraries);
+#  4. it runs `demo` in an empty root holding only the binary, at its path in the image, and
+#     the CA bundle that distroless ships: as uid 65532, in a network namespace of its own
+#     with nothing but loopback. What runs there runs in the image.
+#  5. `health` fails fast when nothing answers, and `health --url` passes against the
+#     emulator (the compose demo's healthchecks), in that same empty root.
+#
+#   sudo scripts/check-image-recipe.sh
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_cmd='RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu'
+artifact=target/x86_64-unknown-linux-gnu/release/sendsms-whitelister
+bin_in_image=/usr/local/bin/sendsms-whitelister
+ca_in_image=/etc/ssl/certs/ca-certificates.crt
+uid=65532
+
+# Inside the new network namespace (the script re-runs itself there).
+if [[ ${1:-} == --in-netns ]]; then
+  rootfs=$2
+  ip link set lo up
+  in_image=(env -i PATH=/usr/local/bin HOME=/home/nonroot chroot --userspec=$uid:$uid "$rootfs" "$bin_in_image")
+
+  echo "--- demo, in the empty root, as uid $uid, loopback only"
+  timeout 180 "${in_image[@]}" demo
+
+  echo "--- health with nothing listening must fail, and fast"
+  start=$SECONDS
+  if timeout 30 "${in_image[@]}" health >/dev/null 2>&1; then echo "health succeeded with no server" >&2; exit 1; fi
+  (( SECONDS - start < 15 )) || { echo "health took $((SECONDS - start))s to fail" >&2; exit 1; }
+
+  echo "--- health --url against the emulator must pass"
+  "${in_image[@]}" emulator --listen 127.0.0.1:8089 >/dev/null 2>&1 &
+  emulator=$!
+  trap 'kill $emulator 2>/dev/null || true' EXIT
+  for _ in $(seq 50); do
+    if "${in_image[@]}" health --url http://127.0.0.1:8089/ip >/dev/null 2>&1; then echo "health --url: ok"; exit 0; fi
+    sleep 0.2
+  done
+  echo "health --url http://127.0.0.1:8089/ip never succeeded" >&2
+  exit 1
+fi
+
+cd "$root"
+[[ $(id -u) -eq 0 ]] || { echo "run as root (chroot and unshare need it)" >&2; exit 1; }
+missing=()
+for tool in file readelf ldd chroot unshare ip timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+[[ -f $ca_in_image ]] || missing+=(ca-certificates)
+if ((${#missing[@]})); then
+  echo "installing: file binutils iproute2 ca-certificates (missing: ${missing[*]})"
+  apt-get update -qq && apt-get install -y -qq file binutils iproute2 ca-certificates >/dev/null
+fi
+
+echo "=== 1. the build command is the Dockerfile's"
+mapfile -t dockerfile_builds < <(grep -oE 'RUSTFLAGS=.*cargo build[^&\\]*' Dockerfile | sed -E 's/[[:space:]]+$//' | sort -u)
+if [[ ${#dockerfile_builds[@]} -ne 1 || ${dockerfile_builds[0]} != "$build_cmd" ]]; then
+  printf 'Dockerfile builds with:\n%s\nthis script with:\n%s\n' "${dockerfile_builds[*]}" "$build_cmd" >&2
+  exit 1
+fi
+grep -qE "^COPY --from=builder /src/$artifact $bin_in_image\$" Dockerfile ||
+  { echo "the Dockerfile does not copy /src/$artifact to $bin_in_image" >&2; exit 1; }
+echo "$build_cmd"
+
+echo "=== 2. build from a context holding only what the Dockerfile COPYs"
+mapfile -t sources < <(grep -E '^COPY ' Dockerfile | grep -v -- '--from' | awk '{for (i = 2; i < NF; i++) print $i}')
+context=$root/.cache/image-recipe/context
+rm -rf "$context"
+mkdir -p "$context"
+cp -a "${sources[@]}" "$context/"
+echo "context: ${sources[*]}"
+# The repository's target dir keeps the dependency cache that the Dockerfile keeps in a layer.
+(cd "$context" && export CARGO_TARGET_DIR=$root/target && eval "$build_cmd")
+binary=$root/$artifact
+
+echo "=== 3. statically linked"
+file -L "$binary"
+file -L "$binary" | grep -qE 'static(-pie)? linked|statically linked' || { echo "not static per file(1)" >&2; exit 1; }
+if readelf -lW "$binary" | grep -q 'INTERP'; then echo "has a PT_INTERP program header" >&2; exit 1; fi
+if readelf -dW "$binary" | grep -q '(NEEDED)'; then echo "needs shared libraries" >&2; exit 1; fi
+ldd "$binary" 2>&1 | grep -qE 'not a dynamic executable|statically linked' || { ldd "$binary"; exit 1; }
+size=$(stat -c %s "$binary")
+echo "no PT_INTERP, no NEEDED; size: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.2f MiB", s / 1048576 }'))"
+
+echo "=== 4./5. run it in an empty root: $bin_in_image and $ca_in_image only"
+rootfs=$(mktemp -d)
+trap 'rm -rf "$rootfs"' EXIT
+install -D -m 0755 "$binary" "$rootfs$bin_in_image"
+install -D -m 0644 "$(readlink -f $ca_in_image)" "$rootfs$ca_in_image"
+(cd "$rootfs" && find . -mindepth 1 | sort)
+unshare --net -- "$root/scripts/check-image-recipe.sh" --in-netns "$rootfs"
+
+echo
+echo "image recipe: PASS (static binary, $size bytes, runs demo in an empty root)"
