@@ -6,11 +6,10 @@
 #
 # The build command below is the one scripts/check-image-recipe.sh runs (and asserts is
 # the same) to prove this recipe on machines without a Docker engine.
-#
-# The binary is built for x86_64 only, so both stages are pinned to linux/amd64: on an
-# arm64 host (Apple silicon, Graviton) the build runs under emulation and still yields a
-# working amd64 image instead of an arm64 base holding an x86_64 binary.
 
+# The binary is built for x86_64 only, so both stages pin linux/amd64: on an arm64 host
+# (Apple silicon, Graviton) the build then runs under emulation and still yields a working
+# amd64 image, instead of an arm64 base holding an x86_64 binary.
 # hadolint ignore=DL3029
 FROM --platform=linux/amd64 rust:1.95.0-slim-bookworm AS builder
 WORKDIR /src
@@ -27,6 +26,7 @@ RUN mkdir src \
 COPY src ./src
 RUN RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu
 
+# Pinned to linux/amd64 like the builder: the binary inside is x86_64.
 # hadolint ignore=DL3029
 FROM --platform=linux/amd64 gcr.io/distroless/static-debian13:nonroot
 
