@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat};
-use crate::detect::{DetectError, Detector};
+use crate::config::{Config, ConfigError, DetectionConfig, LogFormat, utf8_env};
+use crate::detect::{DetectError, Detector, Family};
 use crate::emulator::{self, KeyKind, ListFormat, Settings};
 use crate::reconcile::{CheckReport, ReconcileError, Reconciler, Report};
-use crate::sendsms::{ApiStatus, Client, ClientBuildError};
+use crate::sendsms::{Client, ClientBuildError};
 
 /// The exit codes the README documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +88,8 @@ enum Command {
     Once,
     /// Read-only: is the egress IP whitelisted and does the key work from here? Exit 0 or 1.
     Check,
+    /// Read-only, no credentials: the egress address per family, and which operators agreed.
+    Detect,
     /// The whole flow against an in-process emulator, with no account and no network.
     Demo,
     /// Serve the offline sendSMS API emulator.
@@ -99,6 +101,9 @@ struct EmulatorArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8089")]
     listen: SocketAddr,
+    /// Also serve a UDP DNS whoami here (A, AAAA and TXT answers holding the querier's address).
+    #[arg(long, value_name = "ADDR")]
+    dns_listen: Option<SocketAddr>,
     /// The account's user name.
     #[arg(long, default_value = "demo")]
     username: String,
@@ -239,6 +244,21 @@ pub fn main() -> ExitCode {
                 let reports = check(&config).await?;
                 Ok(print_check(&reports))
             }
+            Command::Detect => {
+                let detection = DetectionConfig::from_vars(utf8_env())?;
+                init_logging(None, "warn");
+                let detector = Detector::new(&detection);
+                for family in &detection.families {
+                    let found = detector.detect(*family).await?;
+                    println!(
+                        "{family} {} (agreed: {}; {} ms)",
+                        found.ip,
+                        found.operators.join(", "),
+                        found.elapsed.as_millis()
+                    );
+                }
+                Ok(Exit::Success)
+            }
             Command::Demo => {
                 init_logging(None, "warn");
                 crate::demo::run().await
@@ -249,14 +269,17 @@ pub fn main() -> ExitCode {
                     .subcommand_matches("emulator")
                     .cloned()
                     .unwrap_or_default();
-                let listen = args.listen;
-                let running = emulator::start(listen, args.settings(&sub))
+                let (listen, dns_listen) = (args.listen, args.dns_listen);
+                let running = emulator::start(listen, dns_listen, args.settings(&sub))
                     .await
                     .map_err(|e| Failure {
                         exit: Exit::Config,
-                        message: format!("--listen {listen}: {e}"),
+                        message: format!("--listen {listen} / --dns-listen {dns_listen:?}: {e}"),
                     })?;
                 println!("listening on http://{}", running.addr);
+                if let Some(dns) = running.dns_addr {
+                    println!("dns listening on udp://{dns}");
+                }
                 running.wait().await.map_err(|e| Failure {
                     exit: Exit::NotVerified,
                     message: format!("the emulator stopped: {e}"),
@@ -280,12 +303,15 @@ fn load_config() -> Result<Config, Failure> {
 
 /// The direct and bootstrap clients for one configuration.
 pub fn reconciler(config: &Config) -> Result<Reconciler, Failure> {
-    let direct = Client::direct(
-        config.api_url.clone(),
-        config.credentials.clone(),
-        config.request_timeout,
-    )?
-    .with_duplicate_status(ApiStatus::DuplicateRecord);
+    let direct = |family| {
+        Client::direct(
+            config.api_url.clone(),
+            config.credentials.clone(),
+            config.request_timeout,
+            family,
+        )
+    };
+    let direct = [direct(Family::V4)?, direct(Family::V6)?];
     let bootstrap = Client::bootstrap(
         config.api_url.clone(),
         config.credentials.clone(),
@@ -301,12 +327,12 @@ pub fn reconciler(config: &Config) -> Result<Reconciler, Failure> {
 }
 
 async fn detect_all(config: &Config) -> Result<Vec<IpAddr>, Failure> {
-    let detector = Detector::new(&config.detection, config.request_timeout);
+    let detector = Detector::new(&config.detection);
     let mut ips = Vec::new();
     for family in &config.detection.families {
-        let ip = detector.detect(*family).await?;
-        tracing::info!(%ip, %family, "egress address detected");
-        ips.push(ip);
+        let found = detector.detect(*family).await?;
+        tracing::info!(ip = %found.ip, %family, operators = ?found.operators, elapsed = ?found.elapsed, "egress address detected");
+        ips.push(found.ip);
     }
     Ok(ips)
 }

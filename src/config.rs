@@ -38,6 +38,11 @@ pub enum ConfigError {
     Environment(String),
 }
 
+/// The process environment; a non-UTF-8 variable is skipped (ours are all UTF-8).
+pub fn utf8_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+}
+
 fn var(name: &str) -> String {
     format!("{ENV_PREFIX}{}", name.to_ascii_uppercase())
 }
@@ -133,6 +138,8 @@ pub struct DetectionConfig {
     pub quorum: usize,
     pub families: Vec<Family>,
     pub allow_non_public: bool,
+    /// Each provider's own timeout.
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -181,29 +188,57 @@ struct RawEnv {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars_os().filter_map(|(k, v)| {
-            // A non-UTF-8 variable outside our prefix is none of our business.
-            Some((k.into_string().ok()?, v.into_string().ok()?))
-        }))
+        Self::from_vars(utf8_env())
     }
 
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        RawEnv::load(vars)?.validate()
+    }
+}
+
+impl DetectionConfig {
+    /// Only what detection needs: `detect` runs without credentials.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        RawEnv::load(vars)?.detection()
+    }
+}
+
+impl RawEnv {
+    fn load(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         // Empty values count as unset, as shells and compose files often leave `VAR=`.
         let vars: HashMap<String, String> = vars
             .into_iter()
             .filter(|(k, v)| k.starts_with(ENV_PREFIX) && !v.trim().is_empty())
             .collect();
-        let raw: RawEnv = envy::prefixed(ENV_PREFIX)
+        envy::prefixed(ENV_PREFIX)
             .from_iter(vars)
-            .map_err(|e| ConfigError::Environment(e.to_string()))?;
-        raw.validate()
+            .map_err(|e| ConfigError::Environment(e.to_string()))
     }
-}
 
-impl RawEnv {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn detection(&mut self) -> Result<DetectionConfig, ConfigError> {
+        let providers = match self.ip_providers.take() {
+            Some(list) => parse_providers(&list)?,
+            None => crate::detect::default_providers(),
+        };
+        let families = match self.ip_families.take() {
+            Some(v) => parse_families(&v)?,
+            None => vec![Family::V4],
+        };
+        Ok(DetectionConfig {
+            providers,
+            quorum: parse_number("ip_quorum", self.ip_quorum.take(), 2, 1..=16)? as usize,
+            families,
+            allow_non_public: parse_bool("allow_non_public_ips", self.allow_non_public_ips.take())?,
+            timeout: parse_duration("request_timeout", self.request_timeout.clone(), "10s")?,
+        })
+    }
+
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        let detection = self.detection()?;
         let username =
             secret_or_file("username", self.username, self.username_file)?.ok_or_else(|| {
                 ConfigError::Missing {
@@ -244,21 +279,6 @@ impl RawEnv {
                     })
                 })
                 .transpose()?,
-        };
-        let providers = match self.ip_providers {
-            Some(list) => parse_providers(&list)?,
-            None => crate::detect::default_providers(),
-        };
-        let quorum = parse_number("ip_quorum", self.ip_quorum, 2, 1..=16)?;
-        let families = match self.ip_families {
-            Some(v) => parse_families(&v)?,
-            None => vec![Family::V4],
-        };
-        let detection = DetectionConfig {
-            providers,
-            quorum: quorum as usize,
-            families,
-            allow_non_public: parse_bool("allow_non_public_ips", self.allow_non_public_ips)?,
         };
         Ok(Config {
             credentials: Credentials {

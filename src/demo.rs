@@ -27,13 +27,14 @@ pub async fn run() -> Result<Exit, Failure> {
         ..Settings::default()
     };
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let running = emulator::start(listen, settings)
+    let running = emulator::start(listen, Some(listen), settings)
         .await
         .map_err(|e| Failure {
             exit: Exit::NotVerified,
             message: format!("the demo emulator cannot listen on {listen}: {e}"),
         })?;
     let base = format!("http://{}", running.addr);
+    let dns = running.dns_addr.map(|a| a.to_string()).unwrap_or_default();
     println!("sendsms-whitelister demo: the whole flow, offline, against the built-in emulator.");
     println!();
     println!(
@@ -51,7 +52,13 @@ pub async fn run() -> Result<Exit, Failure> {
             ("SENDSMS_USERNAME", USERNAME.to_owned()),
             ("SENDSMS_API_KEY", api_key),
             ("SENDSMS_API_URL", format!("{base}/json")),
-            ("SENDSMS_IP_PROVIDERS", format!("{base}/ip")),
+            // Two "operators" must agree before an address is trusted: the HTTP echo and the DNS whoami.
+            (
+                "SENDSMS_IP_PROVIDERS",
+                format!(
+                    "{base}/ip#emulator-http,dns://{dns}/whoami.demo?type=TXT&class=CH#emulator-dns"
+                ),
+            ),
             ("SENDSMS_BOOTSTRAP_BIND", BASTION.to_string()),
             ("SENDSMS_ALLOW_NON_PUBLIC_IPS", "true".to_owned()),
             ("SENDSMS_VERIFY_TIMEOUT", "30s".to_owned()),
@@ -62,7 +69,10 @@ pub async fn run() -> Result<Exit, Failure> {
     .map_err(|e| failed("configure", e.into()))?;
 
     println!();
-    println!("2. `once`: detect the egress IP (the emulator's /ip echo), try the key from here");
+    println!(
+        "2. `once`: detect the egress IP (two providers must agree: the emulator's /ip echo and"
+    );
+    println!("   its DNS whoami on udp://{dns}), try the key from here");
     println!(
         "   (token_list_ips), add the IP with token_add_ip sent from the bastion address, then"
     );

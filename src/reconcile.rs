@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+use crate::detect::Family;
 use crate::sendsms::{AddOutcome, ApiError, Class, Client, Whitelist};
 
 /// Delays between attempts: exponential with jitter, so a fleet that lost its IP together does
@@ -142,7 +143,9 @@ enum Exhausted {
 }
 
 pub struct Reconciler {
-    direct: Client,
+    /// One direct client per family, each pinned to it: the proof for an IPv4 address must
+    /// leave over IPv4, or it would prove some other address.
+    direct: [Client; 2],
     bootstrap: Client,
     bootstrap_is_direct: bool,
     verify_timeout: Duration,
@@ -151,7 +154,7 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(
-        direct: Client,
+        direct: [Client; 2],
         bootstrap: Client,
         bootstrap_is_direct: bool,
         verify_timeout: Duration,
@@ -170,6 +173,10 @@ impl Reconciler {
         self
     }
 
+    fn direct(&self, ip: IpAddr) -> &Client {
+        &self.direct[Family::of(ip) as usize]
+    }
+
     /// Steps 3 to 5 of the flow: read from here, write through the bootstrap path only when
     /// needed, then prove from here under backoff until `verify_timeout` runs out.
     pub async fn ensure(&self, ip: IpAddr) -> Result<Report, ReconcileError> {
@@ -182,7 +189,8 @@ impl Reconciler {
             elapsed: started.elapsed(),
         };
 
-        match self.direct.list_ips().await {
+        let direct = self.direct(ip);
+        match direct.list_ips().await {
             Ok(whitelist) if whitelist.covers(ip) => {
                 tracing::info!(%ip, "already whitelisted; the key works from this host");
                 return Ok(report(Outcome::AlreadyListed, whitelist));
@@ -225,7 +233,7 @@ impl Reconciler {
         let verified = self
             .with_backoff(deadline, async || {
                 checks += 1;
-                match self.direct.list_ips().await {
+                match direct.list_ips().await {
                     Ok(whitelist) if whitelist.covers(ip) => Attempt::Done(whitelist),
                     Ok(whitelist) => Attempt::Again {
                         why: format!(
@@ -234,11 +242,11 @@ impl Reconciler {
                         rate_limited: false,
                     },
                     // Right after the add, a refusal from here is the provider still propagating.
-                    Err(e) if self.direct.class_of(&e) == Class::AuthRefused => Attempt::Again {
+                    Err(e) if direct.class_of(&e) == Class::AuthRefused => Attempt::Again {
                         why: format!("the key is still refused from this host: {e}"),
                         rate_limited: false,
                     },
-                    Err(e) => self.retry_or_stop(&self.direct, e),
+                    Err(e) => self.retry_or_stop(direct, e),
                 }
             })
             .await;
@@ -266,12 +274,12 @@ impl Reconciler {
         let started = Instant::now();
         let deadline = started + self.verify_timeout;
         let listed = self
-            .with_backoff(deadline, async || match self.direct.list_ips().await {
+            .with_backoff(deadline, async || match self.direct(ip).list_ips().await {
                 Ok(whitelist) => Attempt::Done(Ok(whitelist)),
-                Err(e) if self.direct.class_of(&e) == Class::AuthRefused => {
+                Err(e) if self.direct(ip).class_of(&e) == Class::AuthRefused => {
                     Attempt::Done(Err(e.to_string()))
                 }
-                Err(e) => self.retry_or_stop(&self.direct, e),
+                Err(e) => self.retry_or_stop(self.direct(ip), e),
             })
             .await;
         match listed {

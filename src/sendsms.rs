@@ -11,6 +11,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::config::{BootstrapPath, Credentials};
+use crate::detect::Family;
 use crate::http;
 
 /// API answers are small; a whitelist of thousands of addresses still fits.
@@ -366,13 +367,22 @@ pub enum ClientBuildError {
 }
 
 impl Client {
-    /// The locked key from this host, exactly as the SMS-sending app will use it.
+    /// The locked key from this host, exactly as the SMS-sending app will use it, over `family`.
     pub fn direct(
         endpoint: Url,
         credentials: Credentials,
         timeout: Duration,
+        family: Family,
     ) -> Result<Self, ClientBuildError> {
-        Self::build(endpoint, credentials, timeout, &BootstrapPath::default())
+        let mut client = Self::build(
+            endpoint,
+            credentials,
+            timeout,
+            &BootstrapPath::default(),
+            Some(family),
+        )?;
+        client.route = format!("the direct route over {family}");
+        Ok(client)
     }
 
     /// The already-authorized route for writes.
@@ -382,7 +392,7 @@ impl Client {
         timeout: Duration,
         path: &BootstrapPath,
     ) -> Result<Self, ClientBuildError> {
-        Self::build(endpoint, credentials, timeout, path)
+        Self::build(endpoint, credentials, timeout, path, None)
     }
 
     fn build(
@@ -390,13 +400,15 @@ impl Client {
         credentials: Credentials,
         timeout: Duration,
         path: &BootstrapPath,
+        family: Option<Family>,
     ) -> Result<Self, ClientBuildError> {
         let route = path.to_string();
         let fail = |reason: String| ClientBuildError::Build {
             route: route.clone(),
             reason,
         };
-        let mut builder = http::client_builder(timeout, path.bind);
+        let mut builder =
+            http::client_builder(timeout, path.bind.or(family.map(Family::unspecified)));
         if let Some(proxy) = &path.proxy {
             // Proxy::all tunnels https with CONNECT, so the proxy sees only the host name.
             let proxy = reqwest::Proxy::all(proxy.expose())
@@ -412,11 +424,6 @@ impl Client {
             route,
             observer: None,
         })
-    }
-
-    pub fn with_duplicate_status(mut self, status: ApiStatus) -> Self {
-        self.duplicate = status;
-        self
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{Family, IpSource, LookupFuture};
+use super::{Family, IpSource, LookupFuture, ProviderError};
 
 /// An echo answer is one address; anything bigger is not an echo service.
 pub const MAX_ECHO_BYTES: usize = 1024;
@@ -32,26 +32,28 @@ impl HttpEcho {
         }
     }
 
-    async fn ask(&self, family: Family) -> Result<IpAddr, String> {
+    async fn ask(&self, family: Family) -> Result<IpAddr, ProviderError> {
         let client = match family {
             Family::V4 => &self.v4,
             Family::V6 => &self.v6,
         }
         .as_ref()
-        .map_err(Clone::clone)?;
+        .map_err(|e| ProviderError::Failed(e.clone()))?;
         let response = client
             .get(self.url.clone())
             .send()
             .await
-            .map_err(crate::http::describe)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("HTTP {}", status.as_u16()));
+            .map_err(|e| ProviderError::Failed(crate::http::describe(e)))?;
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {}
+            403 | 429 => return Err(ProviderError::Throttled(format!("HTTP {status}"))),
+            _ => return Err(ProviderError::Failed(format!("HTTP {status}"))),
         }
         let body = crate::http::read_capped(response, MAX_ECHO_BYTES)
             .await
-            .map_err(|e| e.to_string())?;
-        parse_echo(&body)
+            .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        parse_echo(&body).map_err(ProviderError::Failed)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Offline stand-in for the sendSMS JSON API (keys, whitelists, faults), for demos, tests and users' CI.
 
+pub mod dns;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -138,8 +140,11 @@ impl Emulator {
 /// A running emulator; dropping it does not stop it, `shutdown` does.
 pub struct RunningEmulator {
     pub addr: SocketAddr,
+    /// The DNS whoami's address, when one was asked for.
+    pub dns_addr: Option<SocketAddr>,
     emulator: Arc<Emulator>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    dns_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl RunningEmulator {
@@ -149,17 +154,43 @@ impl RunningEmulator {
     }
 
     pub async fn wait(self) -> std::io::Result<()> {
-        self.task.await.map_err(std::io::Error::other)?
+        let dns = async {
+            match self.dns_task {
+                Some(task) => task.await.map_err(std::io::Error::other)?,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            http = self.task => http.map_err(std::io::Error::other)?,
+            dns = dns => dns,
+        }
     }
 
     pub fn shutdown(&self) {
         self.task.abort();
+        if let Some(task) = &self.dns_task {
+            task.abort();
+        }
     }
 }
 
-pub async fn start(listen: SocketAddr, settings: Settings) -> std::io::Result<RunningEmulator> {
+pub async fn start(
+    listen: SocketAddr,
+    dns_listen: Option<SocketAddr>,
+    settings: Settings,
+) -> std::io::Result<RunningEmulator> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let (dns_addr, dns_task) = match dns_listen {
+        Some(dns_listen) => {
+            let socket = tokio::net::UdpSocket::bind(dns_listen).await?;
+            (
+                Some(socket.local_addr()?),
+                Some(tokio::spawn(dns::serve(socket))),
+            )
+        }
+        None => (None, None),
+    };
     let now = Instant::now();
     let keys = settings
         .keys
@@ -205,8 +236,10 @@ pub async fn start(listen: SocketAddr, settings: Settings) -> std::io::Result<Ru
     });
     Ok(RunningEmulator {
         addr,
+        dns_addr,
         emulator,
         task,
+        dns_task,
     })
 }
 

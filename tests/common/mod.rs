@@ -18,21 +18,20 @@ pub const USERNAME: &str = "tester";
 pub struct Emulator {
     _child: Child,
     pub addr: SocketAddr,
+    pub dns: SocketAddr,
 }
 
 impl Emulator {
     /// `extra` are emulator flags; the account, the key and a free port are added here.
     pub async fn start(extra: &[&str]) -> Emulator {
+        Self::start_on("127.0.0.1:0", extra).await
+    }
+
+    /// On `listen` (HTTP) and the same address (UDP DNS whoami).
+    pub async fn start_on(listen: &str, extra: &[&str]) -> Emulator {
         let mut child = Command::new(BIN)
-            .args([
-                "emulator",
-                "--listen",
-                "127.0.0.1:0",
-                "--username",
-                USERNAME,
-                "--default-key",
-                KEY,
-            ])
+            .args(["emulator", "--listen", listen, "--dns-listen", listen])
+            .args(["--username", USERNAME, "--default-key", KEY])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -41,22 +40,27 @@ impl Emulator {
             .expect("spawn emulator");
         let stdout = child.stdout.take().expect("emulator stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("emulator announces its address in time")
-            .expect("read emulator stdout")
-            .expect("emulator printed a line");
-        assert!(!first.contains(KEY), "the emulator printed the key");
-        let addr = first
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-            .parse()
-            .expect("address");
+        let mut announced = Vec::new();
+        for prefix in ["listening on http://", "dns listening on udp://"] {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("emulator announces its address in time")
+                .expect("read emulator stdout")
+                .expect("emulator printed a line");
+            assert!(!line.contains(KEY), "the emulator printed the key");
+            let addr: SocketAddr = line
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line: {line}"))
+                .parse()
+                .expect("address");
+            announced.push(addr);
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Emulator {
             _child: child,
-            addr,
+            addr: announced[0],
+            dns: announced[1],
         }
     }
 
@@ -114,13 +118,22 @@ impl Emulator {
         serde_json::from_slice(&body).expect("api json")
     }
 
+    /// Two honest providers run by different "operators": the HTTP echo and the DNS whoami.
+    pub fn providers(&self) -> String {
+        format!(
+            "{}#emulator-http,dns://{}/whoami.test?type=A#emulator-dns",
+            self.url("/ip"),
+            self.dns
+        )
+    }
+
     /// The environment that points the binary at this emulator.
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("SENDSMS_USERNAME", USERNAME.to_owned()),
             ("SENDSMS_API_KEY", KEY.to_owned()),
             ("SENDSMS_API_URL", self.url("/json")),
-            ("SENDSMS_IP_PROVIDERS", self.url("/ip")),
+            ("SENDSMS_IP_PROVIDERS", self.providers()),
             ("SENDSMS_ALLOW_NON_PUBLIC_IPS", "true".to_owned()),
             ("SENDSMS_VERIFY_TIMEOUT", "20s".to_owned()),
             ("SENDSMS_REQUEST_TIMEOUT", "3s".to_owned()),

@@ -1,0 +1,46 @@
+//! The emulator's DNS whoami: UDP answers to A, AAAA and TXT questions holding the querier's address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_proto::op::{Message, MessageType};
+use hickory_proto::rr::rdata::{A, AAAA, TXT};
+use hickory_proto::rr::{RData, Record, RecordType};
+
+/// The answer to one datagram, or None for anything that is not a question.
+pub fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+    let request = Message::from_vec(datagram).ok()?;
+    if request.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let question = request.queries.first()?.clone();
+    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.authoritative = true;
+    response.add_query(question.clone());
+    let ip = peer.ip().to_canonical();
+    let data = match (question.query_type, ip) {
+        (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(v4))),
+        (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(v6))),
+        (RecordType::TXT, ip) => Some(RData::TXT(TXT::new(vec![ip.to_string()]))),
+        // The querier has no address of that type: an empty NOERROR answer, as real whoamis give.
+        _ => None,
+    };
+    if let Some(data) = data {
+        let mut record = Record::from_rdata(question.name.clone(), 0, data);
+        // Answer in the question's class (CH for whoami.cloudflare-style questions).
+        record.dns_class = question.query_class;
+        response.add_answer(record);
+    }
+    response.to_vec().ok()
+}
+
+pub async fn serve(socket: tokio::net::UdpSocket) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let (received, peer) = socket.recv_from(&mut buffer).await?;
+        if let Some(reply) = answer(&buffer[..received], peer) {
+            // A reply that cannot be sent (the peer went away) is the peer's problem.
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    }
+}
