@@ -3,9 +3,10 @@
 #  1. the build command here is the Dockerfile's, character for character;
 #  2. it builds from a context holding only what the Dockerfile COPYs;
 #  3. the result is statically linked (no PT_INTERP, no shared libraries);
-#  4. it runs `demo` in an empty root holding only the binary, at its path in the image, and
-#     the CA bundle that distroless ships: as uid 65532, in a network namespace of its own
-#     with nothing but loopback. What runs there runs in the image.
+#  4. it runs `demo` in an empty root holding only the binary, at its path in the image, the
+#     CA bundle that distroless ships, and the /dev nodes every container runtime creates:
+#     as uid 65532, in a network namespace of its own with nothing but loopback. What runs
+#     there runs in the image.
 #  5. `health` fails fast when nothing answers, and `health --url` passes against the
 #     emulator (the compose demo's healthchecks), in that same empty root.
 #
@@ -14,7 +15,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_cmd='RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu'
-artifact=target/x86_64-unknown-linux-gnu/release/sendsms-whitelister
+artifact=target/x86_64-unknown-linux-gnu/release/sendsms-whitelister  # as in the Dockerfile
 bin_in_image=/usr/local/bin/sendsms-whitelister
 ca_in_image=/etc/ssl/certs/ca-certificates.crt
 uid=65532
@@ -23,7 +24,7 @@ uid=65532
 if [[ ${1:-} == --in-netns ]]; then
   rootfs=$2
   ip link set lo up
-  in_image=(env -i PATH=/usr/local/bin HOME=/home/nonroot chroot --userspec=$uid:$uid "$rootfs" "$bin_in_image")
+  in_image=(env -i PATH=/usr/local/bin HOME=/home/nonroot "$(command -v chroot)" --userspec=$uid:$uid "$rootfs" "$bin_in_image")
 
   echo "--- demo, in the empty root, as uid $uid, loopback only"
   timeout 180 "${in_image[@]}" demo
@@ -72,9 +73,11 @@ rm -rf "$context"
 mkdir -p "$context"
 cp -a "${sources[@]}" "$context/"
 echo "context: ${sources[*]}"
-# The repository's target dir keeps the dependency cache that the Dockerfile keeps in a layer.
-(cd "$context" && export CARGO_TARGET_DIR=$root/target && eval "$build_cmd")
-binary=$root/$artifact
+# The repository's target dir (or $CARGO_TARGET_DIR) keeps the dependency cache that the
+# Dockerfile keeps in a layer.
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+(cd "$context" && export CARGO_TARGET_DIR=$target_dir && eval "$build_cmd")
+binary=$target_dir/${artifact#target/}
 
 echo "=== 3. statically linked"
 file -L "$binary"
@@ -85,11 +88,20 @@ ldd "$binary" 2>&1 | grep -qE 'not a dynamic executable|statically linked' || { 
 size=$(stat -c %s "$binary")
 echo "no PT_INTERP, no NEEDED; size: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.2f MiB", s / 1048576 }'))"
 
-echo "=== 4./5. run it in an empty root: $bin_in_image and $ca_in_image only"
+echo "=== 4./5. run it in an empty root: $bin_in_image, $ca_in_image and the runtime's /dev nodes"
 rootfs=$(mktemp -d)
+chmod 0755 "$rootfs"  # the image's / is world-readable; mktemp makes 0700
 trap 'rm -rf "$rootfs"' EXIT
 install -D -m 0755 "$binary" "$rootfs$bin_in_image"
 install -D -m 0644 "$(readlink -f $ca_in_image)" "$rootfs$ca_in_image"
+# The device nodes every OCI runtime (runc, crun, containerd) creates in a container's /dev,
+# distroless or not. The static binary needs /dev/urandom: a static glibc has no dlsym, so
+# the getrandom crate falls back from the getrandom(2) wrapper to that file.
+mkdir -m 0755 "$rootfs/dev"
+for node in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+  IFS=: read -r name major minor <<<"$node"
+  mknod -m 0666 "$rootfs/dev/$name" c "$major" "$minor"
+done
 (cd "$rootfs" && find . -mindepth 1 | sort)
 unshare --net -- "$root/scripts/check-image-recipe.sh" --in-netns "$rootfs"
 
