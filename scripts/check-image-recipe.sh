@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prove the Dockerfile's recipe without a Docker engine (run as root):
 #  1. the build command here is the Dockerfile's, character for character;
-#  2. it builds from a context holding only what the Dockerfile COPYs;
+#  2. the Dockerfile's builder stage, replayed here (its COPY and RUN lines, verbatim, in a
+#     context holding only what it COPYs), builds the binary;
 #  3. the result is statically linked (no PT_INTERP, no shared libraries);
 #  4. it runs `demo` in an empty root holding only the binary, at its path in the image, the
 #     CA bundle that distroless ships, and the /dev nodes every container runtime creates:
@@ -66,19 +67,38 @@ grep -qE "^COPY --from=builder /src/$artifact $bin_in_image\$" Dockerfile ||
   { echo "the Dockerfile does not copy /src/$artifact to $bin_in_image" >&2; exit 1; }
 echo "$build_cmd"
 
-echo "=== 2. build from a context holding only what the Dockerfile COPYs"
-mapfile -t sources < <(grep -E '^COPY ' Dockerfile | grep -v -- '--from' | awk '{for (i = 2; i < NF; i++) print $i}')
+echo "=== 2. replay the Dockerfile's builder stage: its COPY and RUN lines, verbatim"
+# The context gets only what the builder COPYs, and its target/ is the repository's target
+# dir (or $CARGO_TARGET_DIR), so the dependency cache the image keeps in a layer is shared.
 context=$root/.cache/image-recipe/context
-rm -rf "$context"
-mkdir -p "$context"
-cp -a "${sources[@]}" "$context/"
-echo "context: ${sources[*]}"
-# The repository's target dir (or $CARGO_TARGET_DIR) keeps the dependency cache that the
-# Dockerfile keeps in a layer.
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-(cd "$context" && export CARGO_TARGET_DIR=$target_dir && eval "$build_cmd")
-binary=$target_dir/${artifact#target/}
-
+rm -rf "$context"
+mkdir -p "$context" "$target_dir"
+ln -s "$target_dir" "$context/target"
+# The builder stage, continuation lines joined, comments dropped.
+stage=$(awk '/^FROM .* AS builder$/ { inside = 1; next } /^FROM / { inside = 0 } inside' Dockerfile |
+  grep -v '^[[:space:]]*#' | sed -e ':a' -e '/\\$/N; s/\\\n//; ta')
+while IFS= read -r line; do
+  read -r instruction args <<<"$line"
+  case $instruction in
+    "" | WORKDIR) ;;
+    COPY)
+      read -ra words <<<"$args"
+      dest=$context/${words[-1]}
+      for src in "${words[@]:0:${#words[@]}-1}"; do
+        [[ $src != --* ]] || { echo "unsupported: $line" >&2; exit 1; }
+        if [[ -d $src ]]; then mkdir -p "$dest" && cp -a "$src/." "$dest/"
+        elif [[ $dest == */ ]]; then mkdir -p "$dest" && cp -a "$src" "$dest"
+        else mkdir -p "$(dirname "$dest")" && cp -a "$src" "$dest"; fi
+      done
+      echo "COPY $args" ;;
+    RUN)
+      echo "RUN $args"
+      (cd "$context" && unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR && sh -ec "$args") ;;
+    *) echo "the replay does not support: $line" >&2; exit 1 ;;
+  esac
+done <<<"$stage"
+binary=$context/$artifact
 echo "=== 3. statically linked"
 file -L "$binary"
 file -L "$binary" | grep -qE 'static(-pie)? linked|statically linked' || { echo "not static per file(1)" >&2; exit 1; }
