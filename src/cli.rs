@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -10,7 +11,7 @@ use crate::config::{Config, ConfigError, DetectionConfig, LogFormat, utf8_env};
 use crate::detect::{DetectError, Detector, Family};
 use crate::emulator::{self, KeyKind, ListFormat, Settings};
 use crate::reconcile::{CheckReport, ReconcileError, Reconciler, Report};
-use crate::sendsms::{Client, ClientBuildError};
+use crate::sendsms::{CallObserver, Client, ClientBuildError};
 
 /// The exit codes the README documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,12 +79,21 @@ impl From<ReconcileError> for Failure {
     about = "Keeps a sendSMS.ro API key's IP whitelist in step with this host's egress IP."
 )]
 struct Cli {
+    /// What to do; `run` when omitted, as the container image runs it.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The sidecar: follow the egress IP, keep it whitelisted and verified, serve status (default).
+    Run,
+    /// Exit 0 when the local sidecar's /readyz answers 200 (a HEALTHCHECK for images without curl).
+    Health {
+        /// The readiness URL; defaults to SENDSMS_HEALTH_URL, else /readyz on SENDSMS_LISTEN's port.
+        #[arg(long, env = "SENDSMS_HEALTH_URL")]
+        url: Option<String>,
+    },
     /// One pass: detect the egress IP, whitelist it through the bootstrap path if needed, verify it.
     Once,
     /// Read-only: is the egress IP whitelisted and does the key work from here? Exit 0 or 1.
@@ -228,7 +238,13 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                let config = load_config()?;
+                init_logging(config.log_format, "info");
+                crate::sidecar::run_until_signal(config).await
+            }
+            Command::Health { url } => health(url).await,
             Command::Once => {
                 let config = load_config()?;
                 init_logging(config.log_format, "info");
@@ -302,7 +318,14 @@ fn load_config() -> Result<Config, Failure> {
 }
 
 /// The direct and bootstrap clients for one configuration.
-pub fn reconciler(config: &Config) -> Result<Reconciler, Failure> {
+pub fn reconciler(
+    config: &Config,
+    observer: Option<Arc<dyn CallObserver>>,
+) -> Result<Reconciler, Failure> {
+    let observed = |client: Client| match &observer {
+        Some(observer) => client.with_observer(Arc::clone(observer)),
+        None => client,
+    };
     let direct = |family| {
         Client::direct(
             config.api_url.clone(),
@@ -310,14 +333,15 @@ pub fn reconciler(config: &Config) -> Result<Reconciler, Failure> {
             config.request_timeout,
             family,
         )
+        .map(observed)
     };
     let direct = [direct(Family::V4)?, direct(Family::V6)?];
-    let bootstrap = Client::bootstrap(
+    let bootstrap = observed(Client::bootstrap(
         config.api_url.clone(),
         config.credentials.clone(),
         config.request_timeout,
         &config.bootstrap,
-    )?;
+    )?);
     Ok(Reconciler::new(
         direct,
         bootstrap,
@@ -339,7 +363,7 @@ async fn detect_all(config: &Config) -> Result<Vec<IpAddr>, Failure> {
 
 /// `once`: every egress IP whitelisted and verified, or the first failure.
 pub async fn once(config: &Config) -> Result<Vec<Report>, Failure> {
-    let reconciler = reconciler(config)?;
+    let reconciler = reconciler(config, None)?;
     let mut reports = Vec::new();
     for ip in detect_all(config).await? {
         reports.push(reconciler.ensure(ip).await?);
@@ -349,7 +373,7 @@ pub async fn once(config: &Config) -> Result<Vec<Report>, Failure> {
 
 /// `check`: read-only.
 pub async fn check(config: &Config) -> Result<Vec<CheckReport>, Failure> {
-    let reconciler = reconciler(config)?;
+    let reconciler = reconciler(config, None)?;
     let mut reports = Vec::new();
     for ip in detect_all(config).await? {
         reports.push(reconciler.check(ip).await?);
@@ -388,4 +412,46 @@ pub fn print_check(reports: &[CheckReport]) -> Exit {
         }
     }
     exit
+}
+
+/// `health`: for Docker's HEALTHCHECK in an image that has no shell and no curl.
+async fn health(url: Option<String>) -> Result<Exit, Failure> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let listen = crate::config::parse_listen(std::env::var("SENDSMS_LISTEN").ok())?;
+            // The sidecar listens on all addresses by default; ask it on loopback.
+            let host = match listen.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_owned(),
+                ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            format!("http://{host}:{}/readyz", listen.port())
+        }
+    };
+    let client = crate::http::client_builder(Duration::from_secs(3), None)
+        .build()
+        .map_err(|e| Failure {
+            exit: Exit::NotUsable,
+            message: crate::http::describe(e),
+        })?;
+    let response = client.get(&url).send().await.map_err(|e| Failure {
+        exit: Exit::NotUsable,
+        message: format!("{url}: {}", crate::http::describe(e)),
+    })?;
+    let status = response.status();
+    let body = crate::http::read_capped(response, 4096)
+        .await
+        .unwrap_or_default();
+    let reason = String::from_utf8_lossy(&body).trim().to_owned();
+    if status.is_success() {
+        println!("{reason}");
+        Ok(Exit::Success)
+    } else {
+        Err(Failure {
+            exit: Exit::NotUsable,
+            message: format!("not ready (HTTP {}): {reason}", status.as_u16()),
+        })
+    }
 }

@@ -156,6 +156,8 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     pub listen: SocketAddr,
     pub log_format: Option<LogFormat>,
+    pub recheck_min_interval: Duration,
+    pub recheck_allow_remote: bool,
 }
 
 /// The raw environment, as envy reads it: strings only, so every value gets our own
@@ -184,6 +186,8 @@ struct RawEnv {
     state_file: Option<PathBuf>,
     listen: Option<String>,
     log_format: Option<String>,
+    recheck_min_interval: Option<String>,
+    recheck_allow_remote: Option<String>,
 }
 
 impl Config {
@@ -294,22 +298,19 @@ impl RawEnv {
             reverify_interval: parse_duration("reverify_interval", self.reverify_interval, "6h")?,
             api_budget: parse_number("api_budget", self.api_budget, 8, 1..=600)?,
             state_file: self.state_file,
-            listen: match self.listen {
-                Some(v) => v.trim().parse().map_err(|_| {
-                    invalid(
-                        "listen",
-                        "not a socket address",
-                        "ADDRESS:PORT such as 0.0.0.0:9797",
-                    )
-                })?,
-                None => SocketAddr::from(([0, 0, 0, 0], 9797)),
-            },
+            listen: parse_listen(self.listen)?,
             log_format: match self.log_format.as_deref().map(str::trim) {
                 None => None,
                 Some(v) if v.eq_ignore_ascii_case("json") => Some(LogFormat::Json),
                 Some(v) if v.eq_ignore_ascii_case("text") => Some(LogFormat::Text),
                 Some(_) => return Err(invalid("log_format", "unknown format", "json or text")),
             },
+            recheck_min_interval: parse_duration(
+                "recheck_min_interval",
+                self.recheck_min_interval,
+                "10s",
+            )?,
+            recheck_allow_remote: parse_bool("recheck_allow_remote", self.recheck_allow_remote)?,
         })
     }
 }
@@ -344,6 +345,20 @@ fn secret_or_file(
             Ok(Some(SecretString::from(value.to_owned())))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// `SENDSMS_LISTEN`, also read alone by `health`, which needs nothing else.
+pub fn parse_listen(value: Option<String>) -> Result<SocketAddr, ConfigError> {
+    match value {
+        Some(v) => v.trim().parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{v:?} is not a socket address"),
+                "ADDRESS:PORT such as 0.0.0.0:9797",
+            )
+        }),
+        None => Ok(SocketAddr::from(([0, 0, 0, 0], 9797))),
     }
 }
 

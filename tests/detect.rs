@@ -9,7 +9,12 @@ use common::{Emulator, fixed_http, run, with};
 const BASTION: &str = "127.0.0.2";
 
 async fn liar(address: &str) -> String {
-    let addr = fixed_http("127.0.0.1:0", format!("{address}\n").into_bytes(), Duration::ZERO).await;
+    let addr = fixed_http(
+        "127.0.0.1:0",
+        format!("{address}\n").into_bytes(),
+        Duration::ZERO,
+    )
+    .await;
     format!("http://{addr}/")
 }
 
@@ -17,14 +22,24 @@ async fn liar(address: &str) -> String {
 async fn quorum_two_picks_the_honest_address_and_never_sends_the_liars() {
     let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
     let providers = format!("{},{}#liar", emu.providers(), liar("127.0.0.9").await);
-    let env = with(emu.env(), &[("SENDSMS_IP_PROVIDERS", &providers), ("SENDSMS_BOOTSTRAP_BIND", BASTION)]);
+    let env = with(
+        emu.env(),
+        &[
+            ("SENDSMS_IP_PROVIDERS", &providers),
+            ("SENDSMS_BOOTSTRAP_BIND", BASTION),
+        ],
+    );
     for _ in 0..5 {
         let once = run(&["once"], &env).await;
         assert_eq!(once.code, 0, "{once:?}");
     }
     assert_eq!(emu.whitelist(0).await, vec![BASTION, "127.0.0.1"]);
     let state = emu.state().await;
-    assert_eq!(state["keys"][0]["pending"], serde_json::json!([]), "{state}");
+    assert_eq!(
+        state["keys"][0]["pending"],
+        serde_json::json!([]),
+        "{state}"
+    );
 }
 
 #[tokio::test]
@@ -38,26 +53,52 @@ async fn two_agreeing_liars_against_one_honest_with_quorum_three_fail_with_exit_
     );
     let env = with(
         emu.env(),
-        &[("SENDSMS_IP_PROVIDERS", &providers), ("SENDSMS_IP_QUORUM", "3"), ("SENDSMS_BOOTSTRAP_BIND", BASTION)],
+        &[
+            ("SENDSMS_IP_PROVIDERS", &providers),
+            ("SENDSMS_IP_QUORUM", "3"),
+            ("SENDSMS_BOOTSTRAP_BIND", BASTION),
+        ],
     );
     let once = run(&["once"], &env).await;
     assert_eq!(once.code, 3, "{once:?}");
-    assert!(once.stderr.contains("said 127.0.0.9") && once.stderr.contains("said 127.0.0.1"), "{once:?}");
-    assert_eq!(emu.state().await["keys"][0]["requests"], serde_json::json!({}), "no API call at all");
+    assert!(
+        once.stderr.contains("said 127.0.0.9") && once.stderr.contains("said 127.0.0.1"),
+        "{once:?}"
+    );
+    assert_eq!(
+        emu.state().await["keys"][0]["requests"],
+        serde_json::json!({}),
+        "no API call at all"
+    );
     assert_eq!(emu.whitelist(0).await, vec![BASTION]);
 }
 
 #[tokio::test]
 async fn a_hanging_provider_does_not_delay_a_settled_quorum() {
     let emu = Emulator::start(&["--rate-limit", "0"]).await;
-    let slow = fixed_http("127.0.0.1:0", b"127.0.0.1\n".to_vec(), Duration::from_secs(5)).await;
+    let slow = fixed_http(
+        "127.0.0.1:0",
+        b"127.0.0.1\n".to_vec(),
+        Duration::from_secs(5),
+    )
+    .await;
     let providers = format!("{},http://{slow}/#slow", emu.providers());
     let env = with(emu.env(), &[("SENDSMS_IP_PROVIDERS", &providers)]);
     let detect = run(&["detect"], &env).await;
     assert_eq!(detect.code, 0, "{detect:?}");
-    assert!(detect.stdout.starts_with("ipv4 127.0.0.1 (agreed: "), "{detect:?}");
-    assert!(detect.elapsed < Duration::from_secs(2), "waited for the slow provider: {detect:?}");
-    eprintln!("detection with a 5 s provider among three: {:?} ({})", detect.elapsed, detect.stdout.trim());
+    assert!(
+        detect.stdout.starts_with("ipv4 127.0.0.1 (agreed: "),
+        "{detect:?}"
+    );
+    assert!(
+        detect.elapsed < Duration::from_secs(2),
+        "waited for the slow provider: {detect:?}"
+    );
+    eprintln!(
+        "detection with a 5 s provider among three: {:?} ({})",
+        detect.elapsed,
+        detect.stdout.trim()
+    );
 }
 
 #[tokio::test]
@@ -68,28 +109,58 @@ async fn dns_providers_of_every_type_and_class_agree() {
         "dns://{dns}/whoami.test?type=A#a,dns://{dns}/whoami.test?type=TXT#txt,\
          dns://{dns}/whoami.cloudflare?type=TXT&class=CH#ch"
     );
-    let env = with(emu.env(), &[("SENDSMS_IP_PROVIDERS", &providers), ("SENDSMS_IP_QUORUM", "3")]);
+    let env = with(
+        emu.env(),
+        &[
+            ("SENDSMS_IP_PROVIDERS", &providers),
+            ("SENDSMS_IP_QUORUM", "3"),
+        ],
+    );
     let detect = run(&["detect"], &env).await;
     assert_eq!(detect.code, 0, "{detect:?}");
     assert!(detect.stdout.contains("ipv4 127.0.0.1"), "{detect:?}");
     for operator in ["a", "txt", "ch"] {
-        assert!(detect.stdout.contains(operator), "{operator} missing: {detect:?}");
+        assert!(
+            detect.stdout.contains(operator),
+            "{operator} missing: {detect:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn garbage_bodies_are_each_providers_failure() {
     let emu = Emulator::start(&["--rate-limit", "0"]).await;
-    let html = fixed_http("127.0.0.1:0", b"<html><body>127.0.0.1</body></html>".to_vec(), Duration::ZERO).await;
-    let two = fixed_http("127.0.0.1:0", b"127.0.0.1 127.0.0.1".to_vec(), Duration::ZERO).await;
-    let big = fixed_http("127.0.0.1:0", [b"127.0.0.1\n".as_slice(), &[b' '; 2048]].concat(), Duration::ZERO).await;
-    let providers = format!("{}#honest,http://{html}/#html,http://{two}/#two,http://{big}/#big", emu.url("/ip"));
+    let html = fixed_http(
+        "127.0.0.1:0",
+        b"<html><body>127.0.0.1</body></html>".to_vec(),
+        Duration::ZERO,
+    )
+    .await;
+    let two = fixed_http(
+        "127.0.0.1:0",
+        b"127.0.0.1 127.0.0.1".to_vec(),
+        Duration::ZERO,
+    )
+    .await;
+    let big = fixed_http(
+        "127.0.0.1:0",
+        [b"127.0.0.1\n".as_slice(), &[b' '; 2048]].concat(),
+        Duration::ZERO,
+    )
+    .await;
+    let providers = format!(
+        "{}#honest,http://{html}/#html,http://{two}/#two,http://{big}/#big",
+        emu.url("/ip")
+    );
     let env = with(emu.env(), &[("SENDSMS_IP_PROVIDERS", &providers)]);
     let detect = run(&["detect"], &env).await;
     assert_eq!(detect.code, 3, "{detect:?}");
     assert!(detect.stderr.contains("not an address"), "{detect:?}");
     assert!(detect.stderr.contains("exceeds 1024 bytes"), "{detect:?}");
-    assert!(detect.stderr.contains("#honest said 127.0.0.1"), "{detect:?}");
+    assert!(
+        detect.stderr.contains("#honest said 127.0.0.1"),
+        "{detect:?}"
+    );
 }
 
 #[tokio::test]
@@ -98,14 +169,29 @@ async fn each_family_is_detected_over_its_own_transport() {
     let v6 = Emulator::start_on("[::1]:0", &["--rate-limit", "0"]).await;
     // A v4 endpoint that claims an IPv6 address must not be believed for either family.
     let mixed = liar("::1").await;
-    let providers = format!("{},{},{mixed}#mixed", v4.providers(), v6.providers().replace("emulator", "v6").replace("type=A#", "type=AAAA#"));
-    let env = with(v4.env(), &[("SENDSMS_IP_PROVIDERS", &providers), ("SENDSMS_IP_FAMILIES", "ipv4,ipv6")]);
+    let providers = format!(
+        "{},{},{mixed}#mixed",
+        v4.providers(),
+        v6.providers()
+            .replace("emulator", "v6")
+            .replace("type=A#", "type=AAAA#")
+    );
+    let env = with(
+        v4.env(),
+        &[
+            ("SENDSMS_IP_PROVIDERS", &providers),
+            ("SENDSMS_IP_FAMILIES", "ipv4,ipv6"),
+        ],
+    );
     let detect = run(&["detect"], &env).await;
     assert_eq!(detect.code, 0, "{detect:?}");
     let lines: Vec<&str> = detect.stdout.lines().collect();
     assert!(lines[0].starts_with("ipv4 127.0.0.1 "), "{detect:?}");
     assert!(lines[1].starts_with("ipv6 ::1 "), "{detect:?}");
-    assert!(!lines[0].contains("mixed") && !lines[1].contains("mixed"), "{detect:?}");
+    assert!(
+        !lines[0].contains("mixed") && !lines[1].contains("mixed"),
+        "{detect:?}"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +200,10 @@ async fn non_public_addresses_are_rejected_unless_allowed() {
     let env = common::without(emu.env(), "SENDSMS_ALLOW_NON_PUBLIC_IPS");
     let detect = run(&["detect"], &env).await;
     assert_eq!(detect.code, 3, "{detect:?}");
-    assert!(detect.stderr.contains("127.0.0.1 is loopback"), "{detect:?}");
+    assert!(
+        detect.stderr.contains("127.0.0.1 is loopback"),
+        "{detect:?}"
+    );
     let allowed = run(&["detect"], &emu.env()).await;
     assert_eq!(allowed.code, 0, "{allowed:?}");
 }
@@ -128,7 +217,18 @@ async fn iface_lo_with_the_allow_flag() {
     ];
     let refused = run(&["detect"], &env).await;
     assert_eq!(refused.code, 3, "{refused:?}");
-    let allowed = run(&["detect"], &with(env, &[("SENDSMS_ALLOW_NON_PUBLIC_IPS", "true")])).await;
+    let allowed = run(
+        &["detect"],
+        &with(env, &[("SENDSMS_ALLOW_NON_PUBLIC_IPS", "true")]),
+    )
+    .await;
     assert_eq!(allowed.code, 0, "{allowed:?}");
-    assert_eq!(allowed.stdout.lines().map(|l| l.split(' ').nth(1).unwrap_or("")).collect::<Vec<_>>(), ["127.0.0.1", "::1"]);
+    assert_eq!(
+        allowed
+            .stdout
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["127.0.0.1", "::1"]
+    );
 }

@@ -235,7 +235,9 @@ pub async fn wait_for_port(addr: SocketAddr) {
 /// a slow provider or a garbage source, as a test needs.
 pub async fn fixed_http(bind: &str, body: Vec<u8>, delay: Duration) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(bind).await.expect("bind fixed server");
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .expect("bind fixed server");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -255,4 +257,161 @@ pub async fn fixed_http(bind: &str, body: Vec<u8>, delay: Duration) -> SocketAdd
         }
     });
     addr
+}
+
+/// A `run` sidecar child process with its status port; output is collected for the leak check.
+pub struct Sidecar {
+    child: Child,
+    pub status: SocketAddr,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Sidecar {
+    /// `prefix` runs the binary through another command (such as `ip netns exec NS`).
+    pub async fn start_with(
+        prefix: &[&str],
+        env: &[(String, String)],
+        listen: SocketAddr,
+    ) -> Sidecar {
+        let (program, args): (&str, Vec<&str>) = match prefix.split_first() {
+            Some((first, rest)) => (first, rest.iter().copied().chain([BIN, "run"]).collect()),
+            None => (BIN, vec!["run"]),
+        };
+        let mut child = Command::new(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("SENDSMS_LISTEN", listen.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sidecar");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = std::sync::Arc::clone(&output);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut all = output.lock().unwrap_or_else(|p| p.into_inner());
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
+        Sidecar {
+            child,
+            status: listen,
+            output,
+        }
+    }
+
+    pub async fn start(env: &[(String, String)]) -> Sidecar {
+        Self::start_with(&[], env, ([127, 0, 0, 1], free_port()).into()).await
+    }
+
+    pub fn output(&self) -> String {
+        let output = self
+            .output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        assert!(
+            !output.contains(KEY),
+            "the API key leaked into the sidecar's output:\n{output}"
+        );
+        output
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        match client
+            .request(method, format!("http://{}{path}", self.status))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let code = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                assert!(!body.contains(KEY), "{path} leaked the key");
+                (code, body)
+            }
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        self.request(reqwest::Method::GET, path).await
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.get("/readyz").await.0 == 200
+    }
+
+    /// Waits until /readyz answers `want` (200 or 503), or panics after `within`.
+    pub async fn wait_readyz(&self, want: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, body) = self.get("/readyz").await;
+            if code == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz stayed {code} ({body}) instead of {want}; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM; returns the exit code and how long the exit took.
+    pub async fn terminate(mut self) -> (i32, Duration) {
+        let pid = self.child.id().expect("running");
+        let started = Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill");
+        assert!(killed.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("wait");
+        let _ = self.output();
+        (status.code().unwrap_or(-1), started.elapsed())
+    }
+}
+
+/// Total sendSMS requests the emulator saw for key 0 (accepted and refused, every action).
+pub async fn api_requests(emu: &Emulator) -> u64 {
+    let state = emu.state().await;
+    state["keys"][0]["requests"]
+        .as_object()
+        .map(|actions| {
+            actions
+                .values()
+                .map(|c| c["accepted"].as_u64().unwrap_or(0) + c["refused"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }

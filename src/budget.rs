@@ -1,0 +1,73 @@
+//! The process-wide sendSMS call budget: at most N calls in any sliding minute; calls beyond it wait.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// The provider allows 10 unbilled queries per minute per account, shared by every pod of the
+/// fleet and the app itself; this keeps one sidecar well inside that.
+pub struct ApiBudget {
+    per_window: usize,
+    window: Duration,
+    /// When each call of the current window started; the lock is held while waiting, so callers
+    /// are served in order.
+    calls: Mutex<VecDeque<Instant>>,
+}
+
+impl ApiBudget {
+    pub fn per_minute(calls: u32) -> Self {
+        Self::new(calls, Duration::from_secs(60))
+    }
+
+    pub fn new(calls: u32, window: Duration) -> Self {
+        ApiBudget {
+            per_window: calls.max(1) as usize,
+            window,
+            calls: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Waits until a call fits in the window, then books it.
+    pub async fn acquire(&self) {
+        let mut calls = self.calls.lock().await;
+        loop {
+            let now = Instant::now();
+            while calls
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.window)
+            {
+                calls.pop_front();
+            }
+            if calls.len() < self.per_window {
+                calls.push_back(now);
+                return;
+            }
+            if let Some(oldest) = calls.front().copied() {
+                tracing::debug!(wait = ?(oldest + self.window - now), "API budget spent; waiting");
+                tokio::time::sleep_until(oldest + self.window).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_beyond_the_budget_waits_for_the_window() {
+        let budget = ApiBudget::new(3, Duration::from_secs(60));
+        let start = Instant::now();
+        for _ in 0..3 {
+            budget.acquire().await;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        budget.acquire().await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(60),
+            "the fourth call waited a window"
+        );
+    }
+}

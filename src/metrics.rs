@@ -1,0 +1,105 @@
+//! Prometheus metrics: readiness, IP changes, API calls by action and outcome, durations, whitelist size.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub action: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    pub family: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub ready: Gauge,
+    pub ip_changes: Counter,
+    pub api_calls: Family<CallLabels, Counter>,
+    pub detection_failures: Counter,
+    pub detection_seconds: Histogram,
+    pub verification_seconds: Histogram,
+    pub whitelist_size: Gauge,
+    pub last_success: Family<FamilyLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sendsms_whitelister");
+        let metrics = Metrics {
+            ready: Gauge::default(),
+            ip_changes: Counter::default(),
+            api_calls: Family::default(),
+            detection_failures: Counter::default(),
+            detection_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            verification_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            whitelist_size: Gauge::default(),
+            last_success: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ready",
+            "1 when every egress IP is whitelisted and verified",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "ip_changes",
+            "Egress IP changes seen",
+            metrics.ip_changes.clone(),
+        );
+        registry.register(
+            "api_calls",
+            "sendSMS API calls by action and outcome",
+            metrics.api_calls.clone(),
+        );
+        registry.register(
+            "detection_failures",
+            "Detection rounds without a quorum",
+            metrics.detection_failures.clone(),
+        );
+        registry.register_with_unit(
+            "detection_duration",
+            "Time to settle the egress IP",
+            Unit::Seconds,
+            metrics.detection_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "verification_duration",
+            "Time from a detected change to a verified whitelist entry",
+            Unit::Seconds,
+            metrics.verification_seconds.clone(),
+        );
+        registry.register(
+            "whitelist_size",
+            "Entries on the key's whitelist as last seen",
+            metrics.whitelist_size.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful verification per family",
+            metrics.last_success.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
