@@ -100,6 +100,8 @@ while IFS= read -r line; do
 done <<<"$stage"
 binary=$context/$artifact
 echo "=== 3. statically linked"
+# Not the dependency layer's stub (an empty main that would exit 0 on anything).
+"$binary" --version | grep -q '^sendsms-whitelister ' || { echo "$binary is not the real binary" >&2; exit 1; }
 file -L "$binary"
 file -L "$binary" | grep -qE 'static(-pie)? linked|statically linked' || { echo "not static per file(1)" >&2; exit 1; }
 if readelf -lW "$binary" | grep -q 'INTERP'; then echo "has a PT_INTERP program header" >&2; exit 1; fi
