@@ -3,8 +3,9 @@
 # emulator, the tinyproxy bastion and the sidecar each get a network namespace of their own
 # on one bridge, with the addresses, arguments, proxy config and environment that the
 # compose file gives them (service names resolved to those addresses). The sidecar must
-# then whitelist its address through the bastion and verify it, exactly as in
-# `docker compose -f compose.demo.yaml up`.
+# then whitelist its address through the bastion and verify it: once with `once`, and once
+# more, against a fresh emulator, with `run` until the compose healthcheck (`health`) passes,
+# as in `docker compose -f compose.demo.yaml up`.
 #
 #   sudo scripts/check-compose-demo.sh [BINARY]   # default: the static release build
 set -euo pipefail
@@ -100,4 +101,24 @@ if [[ $rc -ne 0 ]]; then
 fi
 grep -q "CONNECT\|GET http://$ip_emulator" "$work/tinyproxy.log" ||
   { echo "compose demo: FAIL (nothing went through the bastion)"; cat "$work/tinyproxy.log"; exit 1; }
-echo "compose demo: PASS ($ip_whitelister whitelisted through the bastion $ip_bastion and verified)"
+
+echo "=== sidecar: \`run\` against a fresh emulator, until the compose healthcheck passes"
+kill $(ip netns pids "$ns_emulator")
+sleep 0.5
+ip netns exec "$ns_emulator" "$bin" "${emulator_args[@]}" >"$work/emulator.log" 2>&1 &
+sleep 0.5
+ip netns exec "$ns_sidecar" env -i "${sidecar_env[@]}" "$bin" run >"$work/run.log" 2>&1 &
+run_pid=$!
+healthy=""
+for _ in $(seq 150); do
+  kill -0 $run_pid 2>/dev/null || break
+  # The compose healthcheck: `sendsms-whitelister health` in the sidecar's namespace.
+  if ip netns exec "$ns_sidecar" "$bin" health >/dev/null 2>&1; then healthy=yes; break; fi
+  sleep 0.4
+done
+if [[ -z $healthy ]]; then
+  echo "--- run log"; tail -n 30 "$work/run.log"
+  echo "compose demo: FAIL (\`run\` never turned healthy)"
+  exit 1
+fi
+echo "compose demo: PASS ($ip_whitelister whitelisted through the bastion $ip_bastion and verified, by \`once\` and by \`run\`)"
