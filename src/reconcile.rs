@@ -21,7 +21,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            min_delay: Duration::from_millis(250),
+            min_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(10),
             rate_limited_pause: Duration::from_secs(6),
         }

@@ -152,6 +152,9 @@ pub struct Sidecar {
     config: Config,
     detector: Detector,
     reconciler: Reconciler,
+    /// Builds fresh clients: after an egress change, a kept-alive connection from the old
+    /// address could hang, or worse, "prove" the new address over the old route.
+    make_reconciler: Box<dyn Fn() -> Result<Reconciler, crate::cli::Failure> + Send>,
     state_file: Option<StateFile>,
     shared: Arc<Shared>,
     tracked: BTreeMap<Family, Tracked>,
@@ -162,7 +165,7 @@ impl Sidecar {
     /// Builds the loop and the state it shares; `reconciler` gets the budgeted, counted clients.
     pub fn new(
         config: Config,
-        reconciler: impl FnOnce(Arc<dyn CallObserver>) -> Result<Reconciler, crate::cli::Failure>,
+        make_reconciler: impl Fn(Arc<dyn CallObserver>) -> Result<Reconciler, crate::cli::Failure> + Send + 'static,
     ) -> Result<(Self, Arc<Shared>, mpsc::Receiver<RecheckRequest>), crate::cli::Failure> {
         let (recheck, requests) = mpsc::channel(64);
         let families = config.detection.families.len() as u32;
@@ -194,7 +197,9 @@ impl Sidecar {
             budget: ApiBudget::per_minute(config.api_budget),
             shared: Arc::clone(&shared),
         });
-        let reconciler = reconciler(accounting)?;
+        let observer: Arc<dyn CallObserver> = accounting;
+        let reconciler = make_reconciler(Arc::clone(&observer))?;
+        let make_reconciler = Box::new(move || make_reconciler(Arc::clone(&observer)));
         let state_file = config.state_file.clone().map(|path| {
             StateFile::new(path, &config.credentials.username, config.api_url.as_str())
         });
@@ -216,6 +221,7 @@ impl Sidecar {
             detector: Detector::new(&config.detection),
             config,
             reconciler,
+            make_reconciler,
             state_file,
             shared: Arc::clone(&shared),
             tracked,
@@ -341,6 +347,10 @@ impl Sidecar {
                     self.shared.lock().counters.ip_changes += 1;
                     tracked.failures = 0;
                     tracked.retry_at = None;
+                    match (self.make_reconciler)() {
+                        Ok(fresh) => self.reconciler = fresh,
+                        Err(e) => tracing::warn!(error = %e.message, "fresh API clients could not be built"),
+                    }
                 }
                 None => tracing::info!(%family, %ip, "egress IP detected"),
             }
@@ -507,7 +517,7 @@ pub async fn run_until_signal(config: Config) -> Result<crate::cli::Exit, crate:
     let allow_remote = config.recheck_allow_remote;
     let recheck_timeout = config.verify_timeout * 2 + config.detection.timeout;
     let reconciler_config = config.clone();
-    let (sidecar, shared, rechecks) = Sidecar::new(config, |observer| {
+    let (sidecar, shared, rechecks) = Sidecar::new(config, move |observer| {
         crate::cli::reconciler(&reconciler_config, Some(observer))
     })?;
     let (stop_server, server_stopped) = oneshot::channel::<()>();

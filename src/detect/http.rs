@@ -21,7 +21,10 @@ pub struct HttpEcho {
 impl HttpEcho {
     pub fn new(url: Url, timeout: Duration) -> Self {
         let client = |family: Family| {
+            // No kept-alive connections: one opened before an egress change may still leave
+            // through the old route and report the old address.
             crate::http::client_builder(timeout, Some(family.unspecified()))
+                .pool_max_idle_per_host(0)
                 .build()
                 .map_err(crate::http::describe)
         };

@@ -262,6 +262,7 @@ pub async fn fixed_http(bind: &str, body: Vec<u8>, delay: Duration) -> SocketAdd
 /// A `run` sidecar child process with its status port; output is collected for the leak check.
 pub struct Sidecar {
     child: Child,
+    /// Where the test reaches the status server.
     pub status: SocketAddr,
     output: std::sync::Arc<std::sync::Mutex<String>>,
 }
