@@ -11,9 +11,10 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=$(readlink -f "${1:-$root/target/x86_64-unknown-linux-gnu/release/sendsms-whitelister}")
+bin=${1:-$root/target/x86_64-unknown-linux-gnu/release/sendsms-whitelister}
 [[ $(id -u) -eq 0 ]] || { echo "run as root (network namespaces need it)" >&2; exit 1; }
 [[ -x $bin ]] || { echo "no binary at $bin: build it first (scripts/check-image-recipe.sh)" >&2; exit 1; }
+bin=$(readlink -f "$bin")
 command -v tinyproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq tinyproxy >/dev/null; }
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 
