@@ -17,7 +17,7 @@ use hickory_proto::rr::{DNSClass, RecordType};
 use tokio::task::JoinSet;
 use url::Url;
 
-pub use dns::DnsQuery;
+pub use dns::{DnsQuery, address_in};
 pub use http::parse_echo;
 
 use crate::config::DetectionConfig;
