@@ -24,7 +24,8 @@ RUN mkdir src \
     && rm -rf src target/x86_64-unknown-linux-gnu/release/.fingerprint/sendsms-whitelister-*
 
 COPY src ./src
-RUN RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu
+RUN RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu \
+    && mkdir state
 
 # Pinned to linux/amd64 like the builder: the binary inside is x86_64.
 # hadolint ignore=DL3029
@@ -42,6 +43,9 @@ LABEL org.opencontainers.image.title="sendsms-whitelister" \
 # distroless/static ships /etc/ssl/certs/ca-certificates.crt, /etc/passwd (nonroot = 65532)
 # and tzdata; the binary also carries its own webpki roots and needs nothing else.
 COPY --from=builder /src/target/x86_64-unknown-linux-gnu/release/sendsms-whitelister /usr/local/bin/sendsms-whitelister
+# The conventional SENDSMS_STATE_FILE directory, owned by the runtime user, so that a named
+# volume mounted there (which starts as a copy of it) is writable without a root init step.
+COPY --from=builder --chown=65532:65532 /src/state /var/lib/sendsms-whitelister
 
 USER 65532:65532
 EXPOSE 9797

@@ -480,6 +480,15 @@ def cmd_compose() -> None:
         require(app.get("network_mode") == "service:whitelister", f"app network_mode {app.get('network_mode')}")
         require(app["depends_on"]["whitelister"]["condition"] == "service_healthy", "app does not wait for healthy")
         require("ports" not in app, "app publishes ports, but it has no network of its own")
+        # The state file lives on a named volume at the directory the image creates for uid
+        # 65532 (a fresh named volume copies that directory's ownership).
+        state_dir = str(Path(side["environment"]["SENDSMS_STATE_FILE"]).parent)
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in side.get("volumes", [])}
+        require(state_dir in mounts and mounts[state_dir] in doc.get("volumes", {}),
+                f"{state_dir} is not a named volume: {side.get('volumes')}")
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        require(re.search(rf"^COPY --from=builder --chown=65532:65532 \S+ {re.escape(state_dir)}$", dockerfile, re.M),
+                f"the image does not create {state_dir} owned by 65532")
 
     @check("compose.once.yaml: one-shot `once` job, app on service_completed_successfully")
     def _():
