@@ -11,7 +11,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${1:-$root/target/x86_64-unknown-linux-gnu/release/sendsms-whitelister}
+bin=${1:-${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/release/sendsms-whitelister}
 [[ $(id -u) -eq 0 ]] || { echo "run as root (network namespaces need it)" >&2; exit 1; }
 [[ -x $bin ]] || { echo "no binary at $bin: build it first (scripts/check-image-recipe.sh)" >&2; exit 1; }
 bin=$(readlink -f "$bin")
