@@ -9,7 +9,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 
 use crate::config::{Config, ConfigError, DetectionConfig, LogFormat, utf8_env};
 use crate::detect::{DetectError, Detector, Family};
-use crate::emulator::{self, KeyKind, ListFormat, Settings};
+use crate::emulator::{self, Fault, KeyKind, ListFormat, Settings};
 use crate::reconcile::{CheckReport, ReconcileError, Reconciler, Report};
 use crate::sendsms::{CallObserver, Client, ClientBuildError};
 
@@ -150,6 +150,12 @@ struct EmulatorArgs {
     /// Chance (0 to 1) of a transient fault per API request: HTTP 502 or a dropped connection.
     #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_probability)]
     fail_rate: f64,
+    /// What a request hit by --fail-rate gets.
+    #[arg(long, value_enum, default_value_t = Fault::Mixed)]
+    fault: Fault,
+    /// Answer every API request as rate-limited for this long after start, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    rate_limited_for: u64,
     /// Shape of token_list_ips details.
     #[arg(long, value_enum, default_value_t = ListFormat::Strings)]
     list_format: ListFormat,
@@ -195,6 +201,8 @@ impl EmulatorArgs {
             rate_limit_status: self.rate_limit_status,
             rate_window: Duration::from_millis(self.rate_window.max(1)),
             fail_rate: self.fail_rate,
+            fault: self.fault,
+            rate_limited_for: Duration::from_millis(self.rate_limited_for),
             list_format: self.list_format,
         }
     }

@@ -165,7 +165,9 @@ impl Sidecar {
     /// Builds the loop and the state it shares; `reconciler` gets the budgeted, counted clients.
     pub fn new(
         config: Config,
-        make_reconciler: impl Fn(Arc<dyn CallObserver>) -> Result<Reconciler, crate::cli::Failure> + Send + 'static,
+        make_reconciler: impl Fn(Arc<dyn CallObserver>) -> Result<Reconciler, crate::cli::Failure>
+        + Send
+        + 'static,
     ) -> Result<(Self, Arc<Shared>, mpsc::Receiver<RecheckRequest>), crate::cli::Failure> {
         let (recheck, requests) = mpsc::channel(64);
         let families = config.detection.families.len() as u32;
@@ -349,7 +351,9 @@ impl Sidecar {
                     tracked.retry_at = None;
                     match (self.make_reconciler)() {
                         Ok(fresh) => self.reconciler = fresh,
-                        Err(e) => tracing::warn!(error = %e.message, "fresh API clients could not be built"),
+                        Err(e) => {
+                            tracing::warn!(error = %e.message, "fresh API clients could not be built")
+                        }
                     }
                 }
                 None => tracing::info!(%family, %ip, "egress IP detected"),

@@ -32,6 +32,26 @@ pub enum ListFormat {
     Csv,
 }
 
+/// What a request hit by `--fail-rate` gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// HTTP 502 or a dropped connection, half and half.
+    #[default]
+    Mixed,
+    /// HTTP 502 with an HTML body.
+    Http502,
+    /// The connection drops in the middle of the answer.
+    Drop,
+    /// No answer at all, ever.
+    Hang,
+    /// A JSON answer cut short.
+    MalformedJson,
+    /// A 10 MiB answer.
+    HugeBody,
+    /// A status code no source documents (-1024).
+    UnknownStatus,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
@@ -57,6 +77,9 @@ pub struct Settings {
     pub rate_limit_status: i64,
     pub rate_window: Duration,
     pub fail_rate: f64,
+    pub fault: Fault,
+    /// Every API request is answered as rate-limited for this long after start.
+    pub rate_limited_for: Duration,
     pub list_format: ListFormat,
 }
 
@@ -74,6 +97,8 @@ impl Default for Settings {
             rate_limit_status: -4096,
             rate_window: Duration::from_secs(60),
             fail_rate: 0.0,
+            fault: Fault::Mixed,
+            rate_limited_for: Duration::ZERO,
             list_format: ListFormat::Strings,
         }
     }
@@ -124,6 +149,7 @@ struct Account {
 
 struct Emulator {
     settings: Settings,
+    started: Instant,
     account: Mutex<Account>,
 }
 
@@ -213,6 +239,7 @@ pub async fn start(
         })
         .collect();
     let emulator = Arc::new(Emulator {
+        started: now,
         settings,
         account: Mutex::new(Account {
             keys,
@@ -257,7 +284,10 @@ async fn echo_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
 
 /// The API answers HTTP 200 with JSON labelled as HTML, whatever happened.
 fn answer(status: i64, message: &str, details: Value) -> Response {
-    let body = json!({"status": status, "message": message, "details": details}).to_string();
+    answer_text(json!({"status": status, "message": message, "details": details}).to_string())
+}
+
+fn answer_text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=UTF-8")], body).into_response()
 }
 
@@ -278,20 +308,40 @@ impl http_body::Body for Severed {
     }
 }
 
-fn injected_fault() -> Response {
-    if rand::random_bool(0.5) {
-        (
+async fn injected_fault(fault: Fault) -> Response {
+    let fault = match fault {
+        Fault::Mixed if rand::random_bool(0.5) => Fault::Http502,
+        Fault::Mixed => Fault::Drop,
+        other => other,
+    };
+    match fault {
+        Fault::Hang => std::future::pending().await,
+        Fault::MalformedJson => {
+            answer_text(r#"{"status": 0, "message": "OK", "details": ["#.to_owned())
+        }
+        Fault::HugeBody => {
+            let mut body = String::with_capacity(10 * 1024 * 1024 + 64);
+            body.push_str(r#"{"status":0,"message":"OK","details":["#);
+            while body.len() < 10 * 1024 * 1024 {
+                body.push_str(r#""203.0.113.1","#);
+            }
+            body.push_str(r#""203.0.113.2"]}"#);
+            answer_text(body)
+        }
+        Fault::UnknownStatus => answer(-1024, "Unknown condition", Value::Null),
+        Fault::Http502 => (
             StatusCode::BAD_GATEWAY,
             "<html><body>502 Bad Gateway</body></html>",
         )
-            .into_response()
-    } else {
-        let mut response = Response::new(Body::new(Severed));
-        response.headers_mut().insert(
-            header::CONTENT_LENGTH,
-            header::HeaderValue::from_static("64"),
-        );
-        response
+            .into_response(),
+        Fault::Drop | Fault::Mixed => {
+            let mut response = Response::new(Body::new(Severed));
+            response.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                header::HeaderValue::from_static("64"),
+            );
+            response
+        }
     }
 }
 
@@ -315,7 +365,15 @@ async fn api(
         tokio::time::sleep(settings.latency).await;
     }
     if settings.fail_rate > 0.0 && rand::random_bool(settings.fail_rate.min(1.0)) {
-        return injected_fault();
+        return injected_fault(settings.fault).await;
+    }
+    if emulator.started.elapsed() < settings.rate_limited_for {
+        emulator.account().rate_limited += 1;
+        return answer(
+            settings.rate_limit_status,
+            "Too many requests, slow down",
+            Value::Null,
+        );
     }
     let params = form_params(query.as_deref(), &body);
     handle(&emulator, peer_ip(peer), &params)
