@@ -248,14 +248,12 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {
-                let config = load_config()?;
-                init_logging(config.log_format, "info");
+                let config = load_config("info")?;
                 crate::sidecar::run_until_signal(config).await
             }
             Command::Health { url } => health(url).await,
             Command::Once => {
-                let config = load_config()?;
-                init_logging(config.log_format, "info");
+                let config = load_config("info")?;
                 let reports = once(&config).await?;
                 for report in reports {
                     println!("ok: {report}");
@@ -263,8 +261,7 @@ pub fn main() -> ExitCode {
                 Ok(Exit::Success)
             }
             Command::Check => {
-                let config = load_config()?;
-                init_logging(config.log_format, "warn");
+                let config = load_config("warn")?;
                 let reports = check(&config).await?;
                 Ok(print_check(&reports))
             }
@@ -321,8 +318,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load_config() -> Result<Config, Failure> {
-    Ok(Config::from_env()?)
+/// The configuration, then logging as it asks; a plain-http API URL on another host is
+/// allowed only by an explicit override, and then said loudly on every start.
+fn load_config(default_level: &str) -> Result<Config, Failure> {
+    let config = Config::from_env()?;
+    init_logging(config.log_format, default_level);
+    if config.api_url.scheme() == "http" && !crate::config::host_is_loopback(&config.api_url) {
+        tracing::warn!(
+            host = config.api_url.host_str().unwrap_or(""),
+            "SENDSMS_ALLOW_INSECURE_API_URL is set: the API key travels in clear text"
+        );
+    }
+    Ok(config)
 }
 
 /// The direct and bootstrap clients for one configuration.

@@ -234,29 +234,47 @@ pub async fn wait_for_port(addr: SocketAddr) {
 /// A tiny HTTP server on `bind` that answers every request with `body` after `delay`: a liar,
 /// a slow provider or a garbage source, as a test needs.
 pub async fn fixed_http(bind: &str, body: Vec<u8>, delay: Duration) -> SocketAddr {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    raw_server(bind, [head.into_bytes(), body].concat(), delay)
+        .await
+        .0
+}
+
+/// A TCP server that answers every connection with `response` after `delay`, and records
+/// everything it was sent: a redirecting API, a fake proxy, a tell-tale for stray traffic.
+pub async fn raw_server(
+    bind: &str,
+    response: Vec<u8>,
+    delay: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(bind)
         .await
-        .expect("bind fixed server");
+        .expect("bind raw server");
     let addr = listener.local_addr().expect("addr");
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&recorded);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let body = body.clone();
+            let response = response.clone();
+            let record = std::sync::Arc::clone(&record);
             tokio::spawn(async move {
-                let mut request = [0u8; 2048];
-                let _ = stream.read(&mut request).await;
+                let mut request = [0u8; 4096];
+                let read = stream.read(&mut request).await.unwrap_or(0);
+                record
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&request[..read]);
                 tokio::time::sleep(delay).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&body).await;
+                let _ = stream.write_all(&response).await;
                 let _ = stream.shutdown().await;
             });
         }
     });
-    addr
+    (addr, recorded)
 }
 
 /// A `run` sidecar child process with its status port; output is collected for the leak check.
