@@ -1,100 +1,143 @@
-//! A real egress IP change: `run` inside a network namespace of the test's own, the emulator outside.
-//! Needs root and iproute2: CI has both; elsewhere the test says loudly that it did not run.
+//! Real egress IP changes: `run` inside network namespaces of the test's own, the emulator
+//! outside. Needs root and iproute2: CI has both; elsewhere the tests say loudly that they did
+//! not run. The run-mode fault matrix lives here too.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{Emulator, Sidecar, api_requests, require_tool, with};
-
-const HOST: &str = "198.18.0.1";
-const FIRST: &str = "198.18.0.2";
-const SECOND: &str = "198.18.0.3";
-const BASTION: &str = "198.18.0.100";
+use common::{Emulator, Sidecar, api_requests, fixed_http, require_tool, with};
 
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("run ip");
     assert!(status.success(), "ip {args:?} failed");
 }
 
-/// A namespace joined to the host by a veth pair; both are removed on drop.
+/// A namespace joined to the host by a veth pair on 198.18.SUBNET.0/24; removed on drop.
+/// The host side is .1, the bastion (already whitelisted) .100, the egress address .2 at first.
 struct TestNet {
     namespace: String,
     host_link: String,
     ns_link: String,
+    subnet: u8,
 }
 
 impl TestNet {
-    fn create() -> Option<TestNet> {
+    fn create(subnet: u8) -> Option<TestNet> {
         require_tool("ip")?;
         let uid = Command::new("id").arg("-u").output().ok()?;
         if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            let message = "the network-namespace test needs root";
+            let message = "the network-namespace tests need root";
             assert!(std::env::var_os("CI").is_none(), "{message}");
             eprintln!("NOT RUN: {message}");
             return None;
         }
-        let id = std::process::id() % 100_000;
+        let id = format!("{}x{subnet}", std::process::id() % 10_000);
         let net = TestNet {
             namespace: format!("ssw-test-{id}"),
             host_link: format!("sswh{id}"),
             ns_link: format!("sswn{id}"),
+            subnet,
         };
-        let (ns, host, inner) = (net.namespace.as_str(), net.host_link.as_str(), net.ns_link.as_str());
+        let (ns, host, inner) = (
+            net.namespace.as_str(),
+            net.host_link.as_str(),
+            net.ns_link.as_str(),
+        );
         ip(&["netns", "add", ns]);
-        ip(&["link", "add", host, "type", "veth", "peer", "name", inner, "netns", ns]);
-        ip(&["addr", "add", &format!("{HOST}/24"), "dev", host]);
+        ip(&[
+            "link", "add", host, "type", "veth", "peer", "name", inner, "netns", ns,
+        ]);
+        ip(&["addr", "add", &format!("{}/24", net.addr(1)), "dev", host]);
         ip(&["link", "set", host, "up"]);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
         ip(&["-n", ns, "link", "set", inner, "up"]);
-        ip(&["-n", ns, "addr", "add", &format!("{FIRST}/24"), "dev", inner]);
-        ip(&["-n", ns, "addr", "add", &format!("{BASTION}/24"), "dev", inner]);
+        net.change_address(&net.addr(2));
         Some(net)
     }
 
-    /// Replaces the namespace's egress address: the first address of the link is the source
-    /// of its traffic, so the bastion address is added back after the new one.
+    fn addr(&self, host: u8) -> String {
+        format!("198.18.{}.{host}", self.subnet)
+    }
+
+    fn bastion(&self) -> String {
+        self.addr(100)
+    }
+
+    /// Makes `to` the namespace's egress address: the first address of the link is the source
+    /// of its traffic, so the bastion address is added back after it.
     fn change_address(&self, to: &str) {
         let (ns, inner) = (self.namespace.as_str(), self.ns_link.as_str());
         ip(&["-n", ns, "addr", "flush", "dev", inner]);
         ip(&["-n", ns, "addr", "add", &format!("{to}/24"), "dev", inner]);
-        ip(&["-n", ns, "addr", "add", &format!("{BASTION}/24"), "dev", inner]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.bastion()),
+            "dev",
+            inner,
+        ]);
+    }
+
+    /// An emulator on the host side whose key already allows the bastion.
+    async fn emulator(&self, extra: &[&str]) -> Emulator {
+        let bastion = self.bastion();
+        let args: Vec<&str> = ["--allow", bastion.as_str(), "--rate-limit", "0"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Emulator::start_on(&format!("{}:0", self.addr(1)), &args).await
+    }
+
+    fn sidecar_env(&self, emu: &Emulator, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let base = with(
+            emu.env(),
+            &[
+                ("SENDSMS_ALLOW_INSECURE_API_URL", "true"),
+                ("SENDSMS_BOOTSTRAP_BIND", &self.bastion()),
+                ("SENDSMS_POLL_INTERVAL", "300ms"),
+                ("SENDSMS_LOG_FORMAT", "json"),
+                ("SENDSMS_API_BUDGET", "120"),
+            ],
+        );
+        with(base, extra)
+    }
+
+    async fn sidecar(&self, env: &[(String, String)]) -> Sidecar {
+        let listen: SocketAddr = "0.0.0.0:9797".parse().expect("addr");
+        let mut sidecar =
+            Sidecar::start_with(&["ip", "netns", "exec", &self.namespace], env, listen).await;
+        sidecar.status = format!("{}:9797", self.addr(2)).parse().expect("addr");
+        sidecar
     }
 }
 
 impl Drop for TestNet {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.namespace]).status();
-        let _ = Command::new("ip").args(["link", "del", &self.host_link]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.namespace])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .status();
     }
 }
 
 #[tokio::test]
 async fn a_real_egress_ip_change_is_followed() {
-    let Some(net) = TestNet::create() else { return };
-    let emu = Emulator::start_on(
-        &format!("{HOST}:0"),
-        &["--allow", BASTION, "--rate-limit", "0", "--propagation-delay", "1500"],
-    )
-    .await;
-    let env = with(
-        emu.env(),
-        &[
-            ("SENDSMS_ALLOW_INSECURE_API_URL", "true"),
-            ("SENDSMS_BOOTSTRAP_BIND", BASTION),
-            ("SENDSMS_POLL_INTERVAL", "300ms"),
-            ("SENDSMS_LOG_FORMAT", "json"),
-            ("SENDSMS_API_BUDGET", "60"),
-        ],
-    );
-    let listen: SocketAddr = "0.0.0.0:9797".parse().expect("addr");
-    let mut sidecar = Sidecar::start_with(&["ip", "netns", "exec", &net.namespace], &env, listen).await;
-    sidecar.status = format!("{FIRST}:9797").parse().expect("addr");
+    let Some(net) = TestNet::create(0) else {
+        return;
+    };
+    let (first, second, bastion) = (net.addr(2), net.addr(3), net.bastion());
+    let emu = net.emulator(&["--propagation-delay", "1500"]).await;
+    let mut sidecar = net.sidecar(&net.sidecar_env(&emu, &[])).await;
 
     sidecar.wait_readyz(200, Duration::from_secs(20)).await;
-    assert_eq!(emu.whitelist(0).await, vec![BASTION, FIRST]);
+    assert_eq!(emu.whitelist(0).await, vec![bastion.clone(), first.clone()]);
     assert_eq!(emu.requests(0, "token_add_ip").await, (1, 0));
     let (code, _) = sidecar.request(reqwest::Method::POST, "/recheck").await;
     assert_eq!(code, 403, "a recheck from another host is refused");
@@ -103,24 +146,226 @@ async fn a_real_egress_ip_change_is_followed() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(api_requests(&emu).await, idle, "idle polls called the API");
 
-    net.change_address(SECOND);
-    sidecar.status = format!("{SECOND}:9797").parse().expect("addr");
+    net.change_address(&second);
+    sidecar.status = format!("{second}:9797").parse().expect("addr");
     sidecar.wait_readyz(503, Duration::from_secs(10)).await;
     sidecar.wait_readyz(200, Duration::from_secs(20)).await;
-    assert_eq!(emu.whitelist(0).await, vec![BASTION, FIRST, SECOND]);
+    assert_eq!(emu.whitelist(0).await, vec![bastion, first, second]);
 
     // Exactly: per address one refused read, one add, refused reads while the 1.5 s
     // propagation runs, and one accepted read; nothing else, nothing while idle.
     let settled = api_requests(&emu).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(api_requests(&emu).await, settled, "idle polls called the API");
+    assert_eq!(
+        api_requests(&emu).await,
+        settled,
+        "idle polls called the API"
+    );
     assert_eq!(emu.requests(0, "token_add_ip").await, (2, 0));
     let (listed, refused) = emu.requests(0, "token_list_ips").await;
     assert_eq!(listed, 2, "one proof per address");
-    assert!(refused >= 4, "each address was refused before it took effect: {refused}");
+    assert!(
+        refused >= 4,
+        "each address was refused before it took effect: {refused}"
+    );
     let output = sidecar.output();
     assert!(output.contains("egress IP changed"), "{output}");
     let (code, took) = sidecar.terminate().await;
     assert_eq!(code, 0);
     assert!(took < Duration::from_secs(5));
+}
+
+/// A run-mode scenario: emulator flags, extra environment, and whether providers include a liar.
+struct RunScenario {
+    name: &'static str,
+    emulator: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    liar: bool,
+    dns_unreachable: bool,
+}
+
+const RUN_SCENARIOS: &[RunScenario] = &[
+    RunScenario {
+        name: "no fault",
+        emulator: &[],
+        env: &[],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "500 ms latency",
+        emulator: &["--latency", "500"],
+        env: &[],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "30% HTTP 502",
+        emulator: &["--fail-rate", "0.3", "--fault", "http502"],
+        env: &[],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "30% dropped connections",
+        emulator: &["--fail-rate", "0.3", "--fault", "drop"],
+        env: &[],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "30% malformed JSON",
+        emulator: &["--fail-rate", "0.3", "--fault", "malformed-json"],
+        env: &[],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "30% 10 MiB bodies",
+        emulator: &["--fail-rate", "0.3", "--fault", "huge-body"],
+        env: &[],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "3 s propagation delay",
+        emulator: &["--propagation-delay", "3000"],
+        env: &[],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "state file unwritable",
+        emulator: &[],
+        env: &[("SENDSMS_STATE_FILE", "/proc/sendsms-whitelister/state.json")],
+        liar: false,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "one provider lying",
+        emulator: &[],
+        env: &[],
+        liar: true,
+        dns_unreachable: false,
+    },
+    RunScenario {
+        name: "DNS providers unreachable",
+        emulator: &[],
+        env: &[],
+        liar: false,
+        dns_unreachable: true,
+    },
+];
+
+const CHANGES: u8 = 3;
+
+/// Follows CHANGES address changes; returns the seconds from each change to ready, and checks
+/// on every /status read that a ready sidecar's verified address is on the effective whitelist.
+async fn run_scenario(index: usize) -> Option<Vec<f64>> {
+    let scenario = &RUN_SCENARIOS[index];
+    let net = TestNet::create(10 + index as u8)?;
+    let emu = net.emulator(scenario.emulator).await;
+    let mut providers = emu.providers();
+    if scenario.liar {
+        let liar = fixed_http(
+            &format!("{}:0", net.addr(1)),
+            b"198.18.250.250\n".to_vec(),
+            Duration::ZERO,
+        )
+        .await;
+        providers = format!("{providers},http://{liar}/#liar");
+    }
+    if scenario.dns_unreachable {
+        providers = format!(
+            "http://{0}/ip#http-a,http://{0}/ip#http-b,dns://{1}:9/a.test?type=A#dns-a,dns://{1}:9/b.test?type=TXT#dns-b",
+            emu.addr,
+            net.addr(1)
+        );
+    }
+    let mut extra: Vec<(&str, &str)> = vec![("SENDSMS_IP_PROVIDERS", providers.as_str())];
+    extra.extend_from_slice(scenario.env);
+    let mut sidecar = net.sidecar(&net.sidecar_env(&emu, &extra)).await;
+    let mut times = Vec::new();
+    for change in 0..=CHANGES {
+        let address = net.addr(2 + change);
+        let started = Instant::now();
+        if change > 0 {
+            net.change_address(&address);
+        }
+        sidecar.status = format!("{address}:9797").parse().expect("addr");
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            let (code, body) = sidecar.get("/status").await;
+            if code == 200 {
+                let status: serde_json::Value = serde_json::from_str(&body).expect("status json");
+                let verified = status["families"]["ipv4"]["verified_ip"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                if status["ready"] == true {
+                    let whitelist = emu.whitelist(0).await;
+                    assert!(
+                        whitelist.contains(&verified),
+                        "{}: ready with {verified}, which the key does not work from ({whitelist:?})",
+                        scenario.name
+                    );
+                    if verified == address {
+                        break;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {address} never verified:\n{}",
+                scenario.name,
+                sidecar.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        times.push(started.elapsed().as_secs_f64());
+    }
+    let whitelist = emu.whitelist(0).await;
+    assert!(
+        !whitelist.iter().any(|ip| ip.starts_with("198.18.250.")),
+        "{}: the liar got in",
+        scenario.name
+    );
+    let (code, took) = sidecar.terminate().await;
+    assert_eq!(code, 0, "{}", scenario.name);
+    assert!(took < Duration::from_secs(5), "{}: {took:?}", scenario.name);
+    Some(times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fault_matrix() {
+    if TestNet::create(9).is_none() {
+        return;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..RUN_SCENARIOS.len() {
+        tasks.spawn(async move { (index, run_scenario(index).await) });
+    }
+    let mut rows: Vec<Option<Vec<f64>>> = vec![None; RUN_SCENARIOS.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, times) = joined.expect("a scenario failed");
+        rows[index] = times;
+    }
+    let mut table = String::from(
+        "| scenario | outcome | first whitelisting s | after each of 3 changes s | verified ⇒ works from it | key in output | exit on SIGTERM |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for (scenario, times) in RUN_SCENARIOS.iter().zip(rows) {
+        let times = times.expect("every scenario ran");
+        let after: Vec<String> = times[1..].iter().map(|t| format!("{t:.2}")).collect();
+        table.push_str(&format!(
+            "| {} | verified every address | {:.2} | {} | held | never | 0 within 5 s |\n",
+            scenario.name,
+            times[0],
+            after.join(", ")
+        ));
+    }
+    println!("{table}");
+    if let Ok(path) = std::env::var("FAULT_MATRIX_RUN_OUT") {
+        std::fs::write(&path, table).expect("write the table");
+    }
 }
