@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need on a fresh Debian machine
+# (tinyproxy for the proxy path, iproute2 for the network-namespace tests), then runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "warning: ${missing[*]} missing and cannot be installed here; the tests that need them say NOT RUN" >&2
+  fi
+fi
+exec cargo test --locked "$@"
