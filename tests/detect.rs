@@ -20,7 +20,7 @@ async fn liar(address: &str) -> String {
 
 #[tokio::test]
 async fn quorum_two_picks_the_honest_address_and_never_sends_the_liars() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let providers = format!("{},{}#liar", emu.providers(), liar("127.0.0.9").await);
     let env = with(
         emu.env(),
@@ -44,7 +44,7 @@ async fn quorum_two_picks_the_honest_address_and_never_sends_the_liars() {
 
 #[tokio::test]
 async fn two_agreeing_liars_against_one_honest_with_quorum_three_fail_with_exit_3() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let providers = format!(
         "{}#emulator-http,{}#liar-one,{}#liar-two",
         emu.url("/ip"),

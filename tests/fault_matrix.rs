@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{KEY, USERNAME, fixed_http, free_port, run};
+use common::{KEY, USERNAME, fixed_http, run};
 use sendsms_whitelister::emulator::{self, Fault, KeyKind, ListFormat, Settings};
 
 const RUNS: usize = 20;
@@ -29,6 +29,11 @@ struct Ctx {
     http: SocketAddr,
     dns: SocketAddr,
     liar: SocketAddr,
+    /// A TCP port held bound but not listening: connections are refused, and no other run
+    /// can take it meanwhile.
+    refused_tcp: SocketAddr,
+    /// A UDP port held bound and never read: queries to it go unanswered.
+    silent_udp: SocketAddr,
 }
 
 impl Ctx {
@@ -127,7 +132,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "DNS providers unreachable",
         emulator: none,
         env: |c| {
-            let closed = format!("127.0.0.1:{}", free_port());
+            let closed = c.silent_udp;
             vec![(
                 "SENDSMS_IP_PROVIDERS",
                 format!(
@@ -153,12 +158,12 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "bootstrap proxy down",
         emulator: none,
-        env: |_| {
+        env: |c| {
             vec![
                 ("SENDSMS_BOOTSTRAP_BIND", String::new()),
                 (
                     "SENDSMS_BOOTSTRAP_PROXY",
-                    format!("http://127.0.0.1:{}", free_port()),
+                    format!("http://{}", c.refused_tcp),
                 ),
             ]
         },
@@ -192,10 +197,15 @@ async fn one_run(scenario: &Scenario, index: usize) -> Outcome {
         Duration::ZERO,
     )
     .await;
+    let refused = tokio::net::TcpSocket::new_v4().expect("socket");
+    refused.bind(local).expect("bind");
+    let silent = tokio::net::UdpSocket::bind(local).await.expect("udp");
     let ctx = Ctx {
         http: emu.addr,
         dns: emu.dns_addr.expect("dns"),
         liar,
+        refused_tcp: refused.local_addr().expect("addr"),
+        silent_udp: silent.local_addr().expect("addr"),
     };
     let mut env = vec![
         ("SENDSMS_USERNAME", USERNAME.to_owned()),

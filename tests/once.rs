@@ -10,7 +10,7 @@ const BASTION: &str = "127.0.0.2";
 
 #[tokio::test]
 async fn new_ip_is_whitelisted_through_bootstrap_bind_and_check_then_passes() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let env = with(emu.env(), &[("SENDSMS_BOOTSTRAP_BIND", BASTION)]);
 
     let before = run(&["check"], &env).await;
@@ -45,7 +45,7 @@ async fn an_already_listed_ip_causes_no_write() {
 
 #[tokio::test]
 async fn an_unauthorized_bootstrap_bind_exits_4_and_adds_nothing() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let env = with(emu.env(), &[("SENDSMS_BOOTSTRAP_BIND", "127.0.0.3")]);
     let once = run(&["once"], &env).await;
     assert_eq!(once.code, 4, "{once:?}");
@@ -59,7 +59,7 @@ async fn an_unauthorized_bootstrap_bind_exits_4_and_adds_nothing() {
 
 #[tokio::test]
 async fn without_a_bootstrap_path_a_refusal_says_how_to_configure_one() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let once = run(&["once"], &emu.env()).await;
     assert_eq!(once.code, 4, "{once:?}");
     assert!(once.stderr.contains("SENDSMS_BOOTSTRAP_PROXY"), "{once:?}");
@@ -68,15 +68,7 @@ async fn without_a_bootstrap_path_a_refusal_says_how_to_configure_one() {
 
 #[tokio::test]
 async fn a_two_second_propagation_delay_still_verifies() {
-    let emu = Emulator::start(&[
-        "--allow",
-        BASTION,
-        "--rate-limit",
-        "0",
-        "--propagation-delay",
-        "2000",
-    ])
-    .await;
+    let emu = Emulator::bastioned(&["--propagation-delay", "2000"]).await;
     let env = with(emu.env(), &[("SENDSMS_BOOTSTRAP_BIND", BASTION)]);
     let once = run(&["once"], &env).await;
     assert_eq!(once.code, 0, "{once:?}");
@@ -93,15 +85,7 @@ async fn a_two_second_propagation_delay_still_verifies() {
 
 #[tokio::test]
 async fn verification_that_never_succeeds_exits_5() {
-    let emu = Emulator::start(&[
-        "--allow",
-        BASTION,
-        "--rate-limit",
-        "0",
-        "--propagation-delay",
-        "60000",
-    ])
-    .await;
+    let emu = Emulator::bastioned(&["--propagation-delay", "60000"]).await;
     let env = with(
         emu.env(),
         &[
@@ -121,17 +105,8 @@ async fn verification_that_never_succeeds_exits_5() {
 /// The IP is already on the list but not yet in effect, so the direct read fails and the
 /// add meets the duplicate answer, which must count as success.
 async fn duplicate_answer_is_success(status: &str) {
-    let emu = Emulator::start(&[
-        "--allow",
-        BASTION,
-        "--rate-limit",
-        "0",
-        "--propagation-delay",
-        "1000",
-        "--duplicate-status",
-        status,
-    ])
-    .await;
+    let emu =
+        Emulator::bastioned(&["--propagation-delay", "1000", "--duplicate-status", status]).await;
     let pre = emu
         .call_from(
             BASTION.parse().expect("ip"),
@@ -204,15 +179,7 @@ async fn rate_limit_8192_is_ridden_out() {
 #[tokio::test]
 async fn a_thirty_percent_fault_rate_is_ridden_out() {
     for round in 0..5 {
-        let emu = Emulator::start(&[
-            "--allow",
-            BASTION,
-            "--rate-limit",
-            "0",
-            "--fail-rate",
-            "0.3",
-        ])
-        .await;
+        let emu = Emulator::bastioned(&["--fail-rate", "0.3"]).await;
         let env = with(emu.env(), &[("SENDSMS_BOOTSTRAP_BIND", BASTION)]);
         let once = run(&["once"], &env).await;
         assert_eq!(once.code, 0, "round {round}: {once:?}");
@@ -229,7 +196,7 @@ async fn the_bootstrap_path_through_a_real_tinyproxy() {
     let Some(tinyproxy) = require_tool("tinyproxy") else {
         return;
     };
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let port = common::free_port();
     let conf = dir.path().join("tinyproxy.conf");

@@ -1017,72 +1017,81 @@ enum Setting {
     MissingFile,
 }
 
-fn plausible(var: &str) -> Vec<&'static str> {
-    let booleans = vec![
-        "true", "false", "1", "0", "yes", "off", "TRUE", " on ", "maybe",
-    ];
-    let durations = vec![
-        "10s",
-        "5m",
-        "1h30m",
-        "250ms",
-        "2 days",
-        "0s",
-        "90",
-        "soon",
-        "1ns",
-        "500000000000y",
-        "18446744073709551615s",
-    ];
+/// Values a person might write for `var`: `(valid, invalid)`.
+fn plausible(var: &str) -> (Vec<&'static str>, Vec<&'static str>) {
+    let booleans = (
+        vec!["true", "false", "1", "0", "yes", "off", "TRUE", " on "],
+        vec!["maybe", "2", "enabled"],
+    );
+    let durations = (
+        vec!["10s", "5m", "1h30m", "250ms", "2 days", "1ns", "365days"],
+        vec![
+            "0s",
+            "90",
+            "soon",
+            "366 days",
+            "500000000000y",
+            "18446744073709551615s",
+        ],
+    );
     match var {
-        "USERNAME" => vec!["alice", "bob@example.com", " carol "],
-        "API_KEY" | "PASSWORD" => vec!["k3y", " padded-key "],
-        "API_URL" => vec![
-            "https://api.sendsms.ro/json",
-            "https://hub.sendsms.ro/json",
-            "http://127.0.0.1:8089/json",
-            "http://localhost/json",
-            "http://[::1]:80/json",
-            "http://api.example.net/json",
-            "ftp://api.example.net/json",
-            "https://api.example.net/json?debug=1",
-            "https://user@api.example.net/json",
-            "api.sendsms.ro/json",
-        ],
+        "USERNAME" => (vec!["alice", "bob@example.com", " carol "], vec![]),
+        "API_KEY" | "PASSWORD" => (vec!["k3y", " padded-key "], vec![]),
+        "API_URL" => (
+            vec![
+                "https://api.sendsms.ro/json",
+                "https://hub.sendsms.ro/json",
+                "http://127.0.0.1:8089/json",
+                "http://localhost/json",
+                "http://[::1]:80/json",
+            ],
+            vec![
+                "http://api.example.net/json",
+                "ftp://api.example.net/json",
+                "https://api.example.net/json?debug=1",
+                "https://user@api.example.net/json",
+                "api.sendsms.ro/json",
+            ],
+        ),
         "ALLOW_INSECURE_API_URL" | "ALLOW_NON_PUBLIC_IPS" | "RECHECK_ALLOW_REMOTE" => booleans,
-        "BOOTSTRAP_PROXY" => vec![
-            "http://bastion:3128",
-            "socks5h://127.0.0.1:1080",
-            "https://[::1]:3129",
-            "ftp://bastion",
-            "bastion:3128",
-            "http://",
-        ],
-        "BOOTSTRAP_BIND" => vec!["10.0.0.5", "::1", " 192.0.2.1 ", "eth0", "10.0.0.256"],
-        "IP_PROVIDERS" => vec![
-            "http://127.0.0.1:1/ip",
-            "https://api.ipify.org#ipify, dns://1.1.1.1/whoami.cloudflare?type=TXT&class=CH",
-            "iface:eth0,iface:eth1#lan",
-            "dns://[::1]:5353/whoami.test?type=AAAA#me",
-            ",",
-            "dns://1.1.1.1/",
-            "https://x#",
-            "gopher://x",
-        ],
-        "IP_QUORUM" => vec!["1", "2", "16", "17", "0", "-1", " 3 ", "99999999999"],
-        "API_BUDGET" => vec!["1", "8", "600", "601", "0", "-5", "4294967296"],
-        "IP_FAMILIES" => vec!["ipv4", "ipv6", "ipv4,ipv6", "v4, 6, IPv4", ",", "ipv5"],
-        "STATE_FILE" => vec!["/var/lib/sendsms/state.json", "state.json"],
-        "LISTEN" => vec![
-            "0.0.0.0:9797",
-            "[::1]:0",
-            "127.0.0.1",
-            "localhost:80",
-            ":9797",
-        ],
-        "LOG_FORMAT" => vec!["json", "TEXT", "xml"],
+        "BOOTSTRAP_PROXY" => (
+            vec![
+                "http://bastion:3128",
+                "socks5h://127.0.0.1:1080",
+                "https://[::1]:3129",
+            ],
+            vec!["ftp://bastion", "bastion:3128", "http://"],
+        ),
+        "BOOTSTRAP_BIND" => (
+            vec!["10.0.0.5", "::1", " 192.0.2.1 "],
+            vec!["eth0", "10.0.0.256"],
+        ),
+        "IP_PROVIDERS" => (
+            vec![
+                "http://127.0.0.1:1/ip",
+                "https://api.ipify.org#ipify, dns://1.1.1.1/whoami.cloudflare?type=TXT&class=CH",
+                "iface:eth0,iface:eth1#lan",
+                "dns://[::1]:5353/whoami.test?type=AAAA#me",
+            ],
+            vec![",", "dns://1.1.1.1/", "https://x#", "gopher://x"],
+        ),
+        "IP_QUORUM" => (
+            vec!["1", "2", "16", " 3 "],
+            vec!["17", "0", "-1", "99999999999"],
+        ),
+        "API_BUDGET" => (vec!["1", "8", "600"], vec!["601", "0", "-5", "4294967296"]),
+        "IP_FAMILIES" => (
+            vec!["ipv4", "ipv6", "ipv4,ipv6", "v4, 6, IPv4"],
+            vec![",", "ipv5"],
+        ),
+        "STATE_FILE" => (vec!["/var/lib/sendsms/state.json", "state.json"], vec![]),
+        "LISTEN" => (
+            vec!["0.0.0.0:9797", "[::1]:0"],
+            vec!["127.0.0.1", "localhost:80", ":9797"],
+        ),
+        "LOG_FORMAT" => (vec!["json", "TEXT"], vec!["xml"]),
         d if DURATIONS.contains(&d) => durations,
-        _ => vec![],
+        _ => (vec![], vec![]),
     }
 }
 
@@ -1094,8 +1103,13 @@ fn setting(var: &'static str) -> BoxedStrategy<Setting> {
         ]
         .boxed();
     }
+    let (valid, mut invalid) = plausible(var);
+    if invalid.is_empty() {
+        invalid.clone_from(&valid);
+    }
     prop_oneof![
-        3 => prop::sample::select(plausible(var)).prop_map(|v| Setting::Text(v.to_owned())),
+        6 => prop::sample::select(valid).prop_map(|v| Setting::Text(v.to_owned())),
+        1 => prop::sample::select(invalid).prop_map(|v| Setting::Text(v.to_owned())),
         1 => junk_text(30).prop_map(Setting::Text),
     ]
     .boxed()
@@ -1129,9 +1143,9 @@ fn env_case() -> impl Strategy<Value = EnvCase> {
             // The user name is usually there and a second key source rarely, so that a good
             // share of cases is a valid configuration.
             let presence = match var {
-                "USERNAME" => 0.8,
-                "USERNAME_FILE" | "API_KEY" | "PASSWORD" | "API_KEY_FILE" | "PASSWORD_FILE" => 0.1,
-                _ => 0.3,
+                "USERNAME" => 0.9,
+                "USERNAME_FILE" | "API_KEY" | "PASSWORD" | "API_KEY_FILE" | "PASSWORD_FILE" => 0.05,
+                _ => 0.25,
             };
             (Just(var), prop::option::weighted(presence, setting(var)))
         })

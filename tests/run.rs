@@ -23,7 +23,7 @@ fn sidecar_env(emu: &Emulator, extra: &[(&str, &str)]) -> Vec<(String, String)> 
 
 #[tokio::test]
 async fn endpoints_report_readiness_status_and_metrics() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let sidecar = Sidecar::start(&sidecar_env(&emu, &[])).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
 
@@ -99,7 +99,7 @@ async fn endpoints_report_readiness_status_and_metrics() {
 
 #[tokio::test]
 async fn idle_polls_make_no_api_call() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let sidecar = Sidecar::start(&sidecar_env(&emu, &[("SENDSMS_POLL_INTERVAL", "100ms")])).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
     let before = api_requests(&emu).await;
@@ -120,7 +120,7 @@ async fn idle_polls_make_no_api_call() {
 
 #[tokio::test]
 async fn concurrent_rechecks_are_coalesced_into_one_call() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0", "--latency", "200"]).await;
+    let emu = Emulator::bastioned(&["--latency", "200"]).await;
     let sidecar = Sidecar::start(&sidecar_env(&emu, &[("SENDSMS_POLL_INTERVAL", "1h")])).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
     let before = api_requests(&emu).await;
@@ -167,7 +167,7 @@ async fn futures_join(sidecar: &Sidecar, n: usize) -> Vec<(u16, String)> {
 
 #[tokio::test]
 async fn a_burst_of_rechecks_never_exceeds_the_api_budget() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let env = sidecar_env(
         &emu,
         &[
@@ -207,15 +207,7 @@ async fn a_burst_of_rechecks_never_exceeds_the_api_budget() {
 
 #[tokio::test]
 async fn sigterm_during_a_verification_exits_0_within_5_seconds() {
-    let emu = Emulator::start(&[
-        "--allow",
-        BASTION,
-        "--rate-limit",
-        "0",
-        "--propagation-delay",
-        "600000",
-    ])
-    .await;
+    let emu = Emulator::bastioned(&["--propagation-delay", "600000"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.json");
     let env = sidecar_env(
@@ -237,7 +229,7 @@ async fn sigterm_during_a_verification_exits_0_within_5_seconds() {
 
 #[tokio::test]
 async fn a_restart_with_an_unchanged_ip_spends_no_api_call_and_a_corrupt_state_file_is_ignored() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.json");
     std::fs::write(&state, b"{\"format\": 42, garbage").expect("corrupt state");
@@ -271,7 +263,7 @@ async fn a_restart_with_an_unchanged_ip_spends_no_api_call_and_a_corrupt_state_f
 
 #[tokio::test]
 async fn reverification_re_adds_an_ip_removed_in_the_web_ui() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let env = sidecar_env(&emu, &[("SENDSMS_REVERIFY_INTERVAL", "1s")]);
     let sidecar = Sidecar::start(&env).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;

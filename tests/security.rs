@@ -85,7 +85,7 @@ async fn an_https_api_through_the_bootstrap_proxy_is_a_connect_tunnel() {
 
 #[tokio::test]
 async fn proxies_from_the_environment_are_ignored() {
-    let emu = Emulator::start(&["--allow", BASTION, "--rate-limit", "0"]).await;
+    let emu = Emulator::bastioned(&[]).await;
     let (trap, seen) = raw_server(
         "127.0.0.1:0",
         b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n127.0.0.9\n".to_vec(),

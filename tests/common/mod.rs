@@ -27,6 +27,15 @@ impl Emulator {
         Self::start_on("127.0.0.1:0", extra).await
     }
 
+    /// The usual set-up: the key already allows the bastion 127.0.0.2, and no rate limit.
+    pub async fn bastioned(extra: &[&str]) -> Emulator {
+        let args: Vec<&str> = ["--allow", "127.0.0.2", "--rate-limit", "0"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::start(&args).await
+    }
+
     /// On `listen` (HTTP) and the same address (UDP DNS whoami).
     pub async fn start_on(listen: &str, extra: &[&str]) -> Emulator {
         let mut child = Command::new(BIN)
