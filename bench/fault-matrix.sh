@@ -24,7 +24,8 @@ FAULT_MATRIX_RUN_OUT="$out/run.md" cargo test --locked -q --test netns run_fault
   echo "Each run starts a fresh emulator on loopback; \`SENDSMS_VERIFY_TIMEOUT=15s\` unless the scenario"
   echo "needs longer (100 s for a minute of rate limiting, 40 s for a 10 s propagation delay),"
   echo "\`SENDSMS_REQUEST_TIMEOUT=2s\`, the bootstrap path bound to 127.0.0.2. Exit codes: 0 verified,"
-  echo "4 the API refused the bootstrap path, 5 not verified in time or the API unreachable."
+  echo "4 the API refused the bootstrap path, 5 not verified in time or the API unreachable. The 280"
+  echo "runs execute 48 at a time, so the times include the contention of that many processes."
   echo
   cat "$out/once.md"
   echo
