@@ -959,6 +959,8 @@ fn provider_spec_dns_round_trip() {
         prop_assert_eq!(query.class, spec.class.map_or(DNSClass::IN, |(_, c)| c));
         let operator = match &spec.operator {
             Some(op) => op.to_ascii_lowercase(),
+            // The last two labels of the name, or the whole name when it reads as an address.
+            None if spec.name.parse::<IpAddr>().is_ok() => spec.name.clone(),
             None => {
                 let labels: Vec<&str> = spec.name.split('.').collect();
                 labels[labels.len().saturating_sub(2)..].join(".")
@@ -1342,21 +1344,29 @@ fn detection_config_never_panics_and_stays_in_range() {
 }
 
 /// Found by `config_never_panics_names_the_culprit_and_never_leaks_a_secret`: humantime reads
-/// `500000000000y` as about 1.6e19 s, which the sidecar then doubles and adds to an `Instant`,
-/// panicking with "overflow when adding duration to instant". A duration that large is refused.
+/// `500000000000y` as about 1.6e19 s and `Config::from_vars` accepted it, so `run` panicked at
+/// start-up: `SENDSMS_VERIFY_TIMEOUT` with "overflow when multiplying duration by scalar"
+/// (`verify_timeout * 2` in src/sidecar.rs), `SENDSMS_POLL_INTERVAL` with "cannot convert float
+/// seconds to Duration" (`poll_interval.mul_f64(1.2)`), and the others later, where a deadline
+/// is an `Instant` plus the duration. Every duration is now at most 365 days.
 #[test]
 fn regression_huge_duration_is_refused_not_a_later_overflow() {
-    for var in DURATIONS {
-        for value in ["500000000000y", "18446744073709551615s"] {
-            let vars = [
+    let config = |var: &str, value: &str| {
+        Config::from_vars(
+            [
                 ("SENDSMS_USERNAME", "alice"),
                 ("SENDSMS_API_KEY", "k3y"),
                 (&format!("SENDSMS_{var}"), value),
             ]
-            .map(|(k, v)| (k.to_string(), v.to_string()));
-            let e = Config::from_vars(vars).expect_err("a duration of centuries is refused");
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    };
+    for var in DURATIONS {
+        for value in ["500000000000y", "18446744073709551615s", "366 days"] {
+            let e = config(var, value).expect_err("a duration above 365 days is refused");
             assert!(e.to_string().contains(&format!("SENDSMS_{var}")), "{e}");
         }
+        config(var, "365days").expect("365 days is the longest duration accepted");
     }
 }
 
