@@ -10,8 +10,8 @@ bin=${BIN:-target/release/sendsms-whitelister}
 runs=${RUNS:-20}
 py_ms() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'median {statistics.median(v):.1f} ms, min {min(v):.1f}, max {max(v):.1f} over {len(v)} runs')" "$@"; }
 once=(); detect=(); hang=()
-python3 -c 'import socket,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); open("$silent_port_file","w").write(str(s.getsockname()[1])); time.sleep(3600)' &
-silent=$!; sleep 0.3; sport=$(cat $silent_port_file)
+python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); open(sys.argv[1],"w").write(str(s.getsockname()[1])); time.sleep(3600)' "$silent_port_file" &
+silent=$!; sleep 0.3; sport=$(cat "$silent_port_file")
 for i in $(seq "$runs"); do
   out=$(mktemp); "$bin" emulator --listen 127.0.0.1:0 --dns-listen 127.0.0.1:0 --username b --default-key k3y --allow 127.0.0.2 --rate-limit 0 >"$out" & emu=$!
   while [ "$(wc -l <"$out")" -lt 2 ]; do sleep 0.02; done

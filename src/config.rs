@@ -34,7 +34,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the environment cannot be read: {0}")]
+    #[error("the SENDSMS_* variables cannot be read ({0}); set each one once, in upper case")]
     Environment(String),
 }
 
@@ -216,7 +216,11 @@ impl RawEnv {
         // Empty values count as unset, as shells and compose files often leave `VAR=`.
         let vars: HashMap<String, String> = vars
             .into_iter()
-            .filter(|(k, v)| k.starts_with(ENV_PREFIX) && !v.trim().is_empty())
+            // Upper case only, as documented: envy folds case, so `SENDSMS_api_key` beside
+            // `SENDSMS_API_KEY` would otherwise collide.
+            .filter(|(k, v)| {
+                k.starts_with(ENV_PREFIX) && *k == k.to_ascii_uppercase() && !v.trim().is_empty()
+            })
             .collect();
         envy::prefixed(ENV_PREFIX)
             .from_iter(vars)
@@ -393,8 +397,19 @@ fn parse_duration(
     if duration.is_zero() {
         return Err(invalid(name, "zero", "a duration above zero such as 90s"));
     }
+    // Durations are doubled, scaled and added to instants later: centuries would overflow.
+    if duration > MAX_DURATION {
+        return Err(invalid(
+            name,
+            format!("{text:?} is longer than 365 days"),
+            "a duration of at most 365 days",
+        ));
+    }
     Ok(duration)
 }
+
+/// The longest duration any variable accepts.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 fn parse_number(
     name: &str,

@@ -160,6 +160,12 @@ pub fn parse_response(body: &[u8]) -> Result<ApiResponse, String> {
     // A UTF-8 byte-order mark or leading blanks from a misbehaving front end are tolerated.
     let text = String::from_utf8_lossy(body);
     let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if !trimmed.starts_with('{') {
+        return Err(format!(
+            "the answer is not a JSON object ({} bytes)",
+            body.len()
+        ));
+    }
     let wire: WireResponse = serde_json::from_str(trimmed).map_err(|e| {
         format!(
             "the answer is not the API's JSON ({e}; {} bytes)",
@@ -239,11 +245,15 @@ impl WhitelistEntry {
             Self::Address(listed) => listed == ip,
             Self::Network { network, prefix } => match (network, ip) {
                 (IpAddr::V4(n), IpAddr::V4(a)) => {
-                    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                    let mask = u32::MAX
+                        .checked_shl(32u32.saturating_sub(u32::from(prefix)))
+                        .unwrap_or(0);
                     u32::from(n) & mask == u32::from(a) & mask
                 }
                 (IpAddr::V6(n), IpAddr::V6(a)) => {
-                    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                    let mask = u128::MAX
+                        .checked_shl(128u32.saturating_sub(u32::from(prefix)))
+                        .unwrap_or(0);
                     u128::from(n) & mask == u128::from(a) & mask
                 }
                 _ => false,

@@ -153,6 +153,9 @@ fn registrable(host: &str) -> String {
         return host;
     }
     let labels: Vec<&str> = host.split('.').filter(|l| !l.is_empty()).collect();
+    if labels.is_empty() {
+        return host;
+    }
     labels[labels.len().saturating_sub(2)..].join(".")
 }
 
