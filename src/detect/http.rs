@@ -1,6 +1,7 @@
 //! HTTP(S) echo providers: plain text, a Cloudflare-trace body, or JSON with an `ip` field.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
@@ -10,16 +11,15 @@ use super::{Family, IpSource, LookupFuture, ProviderError};
 /// An echo answer is one address; anything bigger is not an echo service.
 pub const MAX_ECHO_BYTES: usize = 1024;
 
-pub struct HttpEcho {
-    url: Url,
-    /// One client per family, each bound to that family's unspecified address, built once so
-    /// that polls reuse connections.
+/// The clients every HTTP provider shares, one per family, each bound to that family's
+/// unspecified address. Built once per detector: a client carries its own TLS root store.
+pub struct EchoClients {
     v4: Result<reqwest::Client, String>,
     v6: Result<reqwest::Client, String>,
 }
 
-impl HttpEcho {
-    pub fn new(url: Url, timeout: Duration) -> Self {
+impl EchoClients {
+    pub fn new(timeout: Duration) -> Self {
         let client = |family: Family| {
             // No kept-alive connections: one opened before an egress change may still leave
             // through the old route and report the old address.
@@ -28,21 +28,36 @@ impl HttpEcho {
                 .build()
                 .map_err(crate::http::describe)
         };
-        HttpEcho {
-            url,
+        EchoClients {
             v4: client(Family::V4),
             v6: client(Family::V6),
         }
     }
 
-    async fn ask(&self, family: Family) -> Result<IpAddr, ProviderError> {
-        let client = match family {
+    fn get(&self, family: Family) -> Result<&reqwest::Client, ProviderError> {
+        match family {
             Family::V4 => &self.v4,
             Family::V6 => &self.v6,
         }
         .as_ref()
-        .map_err(|e| ProviderError::Failed(e.clone()))?;
-        let response = client
+        .map_err(|e| ProviderError::Failed(e.clone()))
+    }
+}
+
+pub struct HttpEcho {
+    url: Url,
+    clients: Arc<EchoClients>,
+}
+
+impl HttpEcho {
+    pub fn new(url: Url, clients: Arc<EchoClients>) -> Self {
+        HttpEcho { url, clients }
+    }
+
+    async fn ask(&self, family: Family) -> Result<IpAddr, ProviderError> {
+        let response = self
+            .clients
+            .get(family)?
             .get(self.url.clone())
             .send()
             .await

@@ -351,12 +351,15 @@ pub struct Detector {
 impl Detector {
     pub fn new(config: &DetectionConfig) -> Self {
         let timeout = config.timeout;
+        let echo_clients = Arc::new(http::EchoClients::new(timeout));
         let providers = config
             .providers
             .iter()
             .map(|spec| {
                 let source: Arc<dyn IpSource> = match &spec.kind {
-                    ProviderKind::Http(url) => Arc::new(http::HttpEcho::new(url.clone(), timeout)),
+                    ProviderKind::Http(url) => {
+                        Arc::new(http::HttpEcho::new(url.clone(), Arc::clone(&echo_clients)))
+                    }
                     ProviderKind::Dns(query) => {
                         Arc::new(dns::DnsWhoami::new(query.clone(), timeout))
                     }
