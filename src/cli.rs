@@ -61,9 +61,11 @@ impl From<DetectError> for Failure {
 
 impl From<ReconcileError> for Failure {
     fn from(e: ReconcileError) -> Self {
-        let exit = match e.exit_code() {
-            4 => Exit::BootstrapRefused,
-            _ => Exit::NotVerified,
+        let exit = match e {
+            ReconcileError::BootstrapRefused { .. } => Exit::BootstrapRefused,
+            ReconcileError::NotVerified { .. } | ReconcileError::ApiUnavailable { .. } => {
+                Exit::NotVerified
+            }
         };
         Failure {
             exit,
@@ -436,25 +438,26 @@ async fn health(url: Option<String>) -> Result<Exit, Failure> {
         None => {
             let listen = crate::config::parse_listen(std::env::var("SENDSMS_LISTEN").ok())?;
             // The sidecar listens on all addresses by default; ask it on loopback.
-            let host = match listen.ip() {
-                ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_owned(),
-                ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-                IpAddr::V6(ip) => format!("[{ip}]"),
-                ip => ip.to_string(),
+            let ip = match listen.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1]),
+                ip => ip,
             };
-            format!("http://{host}:{}/readyz", listen.port())
+            format!("http://{}/readyz", SocketAddr::new(ip, listen.port()))
         }
+    };
+    let not_ready = |message: String| Failure {
+        exit: Exit::NotUsable,
+        message,
     };
     let client = crate::http::client_builder(Duration::from_secs(3), None)
         .build()
-        .map_err(|e| Failure {
-            exit: Exit::NotUsable,
-            message: crate::http::describe(e),
-        })?;
-    let response = client.get(&url).send().await.map_err(|e| Failure {
-        exit: Exit::NotUsable,
-        message: format!("{url}: {}", crate::http::describe(e)),
-    })?;
+        .map_err(|e| not_ready(crate::http::describe(e)))?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| not_ready(format!("{url}: {}", crate::http::describe(e))))?;
     let status = response.status();
     let body = crate::http::read_capped(response, 4096)
         .await
@@ -464,9 +467,9 @@ async fn health(url: Option<String>) -> Result<Exit, Failure> {
         println!("{reason}");
         Ok(Exit::Success)
     } else {
-        Err(Failure {
-            exit: Exit::NotUsable,
-            message: format!("not ready (HTTP {}): {reason}", status.as_u16()),
-        })
+        Err(not_ready(format!(
+            "not ready (HTTP {}): {reason}",
+            status.as_u16()
+        )))
     }
 }

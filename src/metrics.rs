@@ -34,8 +34,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("sendsms_whitelister");
         let metrics = Metrics {
+            registry: Registry::with_prefix("sendsms_whitelister"),
             ready: Gauge::default(),
             ip_changes: Counter::default(),
             api_calls: Family::default(),
@@ -44,58 +44,60 @@ impl Default for Metrics {
             verification_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             whitelist_size: Gauge::default(),
             last_success: Family::default(),
-            registry: Registry::default(),
         };
+        metrics.registered()
+    }
+}
+
+impl Metrics {
+    /// Every metric goes into the registry as a clone: they share their values.
+    fn registered(mut self) -> Self {
+        let registry = &mut self.registry;
         registry.register(
             "ready",
             "1 when every egress IP is whitelisted and verified",
-            metrics.ready.clone(),
+            self.ready.clone(),
         );
         registry.register(
             "ip_changes",
             "Egress IP changes seen",
-            metrics.ip_changes.clone(),
+            self.ip_changes.clone(),
         );
         registry.register(
             "api_calls",
             "sendSMS API calls by action and outcome",
-            metrics.api_calls.clone(),
+            self.api_calls.clone(),
         );
         registry.register(
             "detection_failures",
             "Detection rounds without a quorum",
-            metrics.detection_failures.clone(),
+            self.detection_failures.clone(),
         );
         registry.register_with_unit(
             "detection_duration",
             "Time to settle the egress IP",
             Unit::Seconds,
-            metrics.detection_seconds.clone(),
+            self.detection_seconds.clone(),
         );
         registry.register_with_unit(
             "verification_duration",
             "Time from a detected change to a verified whitelist entry",
             Unit::Seconds,
-            metrics.verification_seconds.clone(),
+            self.verification_seconds.clone(),
         );
         registry.register(
             "whitelist_size",
             "Entries on the key's whitelist as last seen",
-            metrics.whitelist_size.clone(),
+            self.whitelist_size.clone(),
         );
         registry.register(
             "last_success_timestamp_seconds",
             "Unix time of the last successful verification per family",
-            metrics.last_success.clone(),
+            self.last_success.clone(),
         );
-        Metrics {
-            registry,
-            ..metrics
-        }
+        self
     }
-}
 
-impl Metrics {
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -120,16 +120,6 @@ pub enum ReconcileError {
     },
 }
 
-impl ReconcileError {
-    /// The documented exit codes: 4 for a refused bootstrap path, 5 for everything that ran out of time.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ReconcileError::BootstrapRefused { .. } => 4,
-            ReconcileError::NotVerified { .. } | ReconcileError::ApiUnavailable { .. } => 5,
-        }
-    }
-}
-
 /// One attempt's verdict for `with_backoff`.
 enum Attempt<T> {
     Done(T),
@@ -166,11 +156,6 @@ impl Reconciler {
             verify_timeout,
             retry: RetryPolicy::default(),
         }
-    }
-
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
     }
 
     fn direct(&self, ip: IpAddr) -> &Client {

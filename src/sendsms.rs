@@ -62,46 +62,42 @@ pub enum ApiStatus {
     Other(i64),
 }
 
+/// The documented codes, in one place for both directions. -8192 is another source's
+/// spelling of -8191, so it only appears on the way in.
+const STATUS_CODES: &[(i64, ApiStatus)] = &[
+    (0, ApiStatus::Ok),
+    (1, ApiStatus::Queued),
+    (2, ApiStatus::RequestKeyCreated),
+    (-1, ApiStatus::NoAction),
+    (-2, ApiStatus::NoSuchAction),
+    (-4, ApiStatus::MissingParameter),
+    (-8, ApiStatus::AuthenticationFailed),
+    (-16, ApiStatus::InternalError),
+    (-32, ApiStatus::RoutingError),
+    (-64, ApiStatus::OutOfCredit),
+    (-128, ApiStatus::InvalidRecord),
+    (-256, ApiStatus::CouldNotSave),
+    (-512, ApiStatus::DuplicateRecord),
+    (-4096, ApiStatus::TooManyRequests),
+    (-8191, ApiStatus::Timeout),
+];
+
 impl ApiStatus {
     pub fn from_code(code: i64) -> Self {
-        match code {
-            0 => Self::Ok,
-            1 => Self::Queued,
-            2 => Self::RequestKeyCreated,
-            -1 => Self::NoAction,
-            -2 => Self::NoSuchAction,
-            -4 => Self::MissingParameter,
-            -8 => Self::AuthenticationFailed,
-            -16 => Self::InternalError,
-            -32 => Self::RoutingError,
-            -64 => Self::OutOfCredit,
-            -128 => Self::InvalidRecord,
-            -256 => Self::CouldNotSave,
-            -512 => Self::DuplicateRecord,
-            -4096 => Self::TooManyRequests,
-            -8191 | -8192 => Self::Timeout,
-            other => Self::Other(other),
-        }
+        let code = if code == -8192 { -8191 } else { code };
+        STATUS_CODES
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map_or(Self::Other(code), |(_, status)| *status)
     }
 
     pub fn code(self) -> i64 {
         match self {
-            Self::Ok => 0,
-            Self::Queued => 1,
-            Self::RequestKeyCreated => 2,
-            Self::NoAction => -1,
-            Self::NoSuchAction => -2,
-            Self::MissingParameter => -4,
-            Self::AuthenticationFailed => -8,
-            Self::InternalError => -16,
-            Self::RoutingError => -32,
-            Self::OutOfCredit => -64,
-            Self::InvalidRecord => -128,
-            Self::CouldNotSave => -256,
-            Self::DuplicateRecord => -512,
-            Self::TooManyRequests => -4096,
-            Self::Timeout => -8191,
             Self::Other(code) => code,
+            known => STATUS_CODES
+                .iter()
+                .find(|(_, status)| *status == known)
+                .map_or(i64::MIN, |(code, _)| *code),
         }
     }
 

@@ -388,7 +388,7 @@ impl Sidecar {
                     .metrics
                     .last_success
                     .get_or_create(&FamilyLabels {
-                        family: family_label(family),
+                        family: family.as_str(),
                     })
                     .set(entry.verified_at as i64);
                 self.shared
@@ -493,13 +493,6 @@ impl Sidecar {
             tracing::info!(ready, %reason, "{}", if ready { "ready" } else { "not ready" });
             self.was_ready = ready;
         }
-    }
-}
-
-fn family_label(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ipv4",
-        Family::V6 => "ipv6",
     }
 }
 

@@ -71,10 +71,6 @@ impl StateFile {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Missing, corrupt or foreign: nothing is known, and a warning says why.
     pub fn load(&self) -> Vec<VerifiedIp> {
         let text = match std::fs::read_to_string(&self.path) {

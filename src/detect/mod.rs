@@ -47,12 +47,18 @@ impl Family {
     }
 }
 
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Family::V4 => "ipv4",
             Family::V6 => "ipv6",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -273,7 +279,6 @@ impl fmt::Display for Answer {
 /// A settled address and the operators that agreed on it.
 #[derive(Clone, Debug)]
 pub struct Detection {
-    pub family: Family,
     pub ip: IpAddr,
     pub operators: Vec<String>,
     pub elapsed: Duration,
@@ -457,7 +462,6 @@ impl Detector {
             if let Some(ip) = settled(&votes, self.quorum) {
                 pending.abort_all();
                 let detection = Detection {
-                    family,
                     ip,
                     operators: votes.remove(&ip).unwrap_or_default(),
                     elapsed: started.elapsed(),
