@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, DetectionConfig, LogFormat, utf8_env};
-use crate::detect::{DetectError, Detector, Family};
+use crate::detect::{DetectError, Detection, Detector, Family};
 use crate::emulator::{self, Fault, KeyKind, ListFormat, Settings};
 use crate::reconcile::{CheckReport, ReconcileError, Reconciler, Report};
 use crate::sendsms::{CallObserver, Client, ClientBuildError};
@@ -131,7 +131,7 @@ struct EmulatorArgs {
     /// An address pre-whitelisted on every default key (repeatable).
     #[arg(long = "allow", value_name = "IP")]
     allow: Vec<IpAddr>,
-    /// Added delay before each API answer, in milliseconds.
+    /// Added delay before each answer (API, /ip echo, DNS whoami), in milliseconds.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     latency: u64,
     /// An added IP takes effect only after this many milliseconds.
@@ -367,12 +367,16 @@ pub fn reconciler(
     ))
 }
 
+fn log_detected(family: Family, found: &Detection) {
+    tracing::info!(ip = %found.ip, %family, operators = ?found.operators, elapsed = ?found.elapsed, "egress address detected");
+}
+
 async fn detect_all(config: &Config) -> Result<Vec<IpAddr>, Failure> {
     let detector = Detector::new(&config.detection);
     let mut ips = Vec::new();
     for family in &config.detection.families {
         let found = detector.detect(*family).await?;
-        tracing::info!(ip = %found.ip, %family, operators = ?found.operators, elapsed = ?found.elapsed, "egress address detected");
+        log_detected(*family, &found);
         ips.push(found.ip);
     }
     Ok(ips)
@@ -381,9 +385,15 @@ async fn detect_all(config: &Config) -> Result<Vec<IpAddr>, Failure> {
 /// `once`: every egress IP whitelisted and verified, or the first failure.
 pub async fn once(config: &Config) -> Result<Vec<Report>, Failure> {
     let reconciler = reconciler(config, None)?;
+    let detector = Detector::new(&config.detection);
     let mut reports = Vec::new();
-    for ip in detect_all(config).await? {
-        reports.push(reconciler.ensure(ip).await?);
+    for &family in &config.detection.families {
+        let detection = async {
+            let found = detector.detect(family).await?;
+            log_detected(family, &found);
+            Ok::<_, DetectError>(found.ip)
+        };
+        reports.push(reconciler.ensure_detected(family, detection).await??);
     }
     Ok(reports)
 }

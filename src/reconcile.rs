@@ -166,6 +166,31 @@ impl Reconciler {
     /// needed, then prove from here under backoff until `verify_timeout` runs out.
     pub async fn ensure(&self, ip: IpAddr) -> Result<Report, ReconcileError> {
         let started = Instant::now();
+        let first_read = self.direct(ip).list_ips().await;
+        self.ensure_after_read(ip, first_read, started).await
+    }
+
+    /// `ensure` with the first read made while `detection` runs: the read does not need the
+    /// address, so a start costs one round trip less (the floor is max(detect, read) + add + read).
+    /// A detection error is returned as is; the read it overlapped is then wasted, one call.
+    pub async fn ensure_detected<E>(
+        &self,
+        family: Family,
+        detection: impl Future<Output = Result<IpAddr, E>>,
+    ) -> Result<Result<Report, ReconcileError>, E> {
+        let started = Instant::now();
+        let (detected, first_read) =
+            tokio::join!(detection, self.direct[family as usize].list_ips());
+        let ip = detected?;
+        Ok(self.ensure_after_read(ip, first_read, started).await)
+    }
+
+    async fn ensure_after_read(
+        &self,
+        ip: IpAddr,
+        first_read: Result<Whitelist, ApiError>,
+        started: Instant,
+    ) -> Result<Report, ReconcileError> {
         let deadline = started + self.verify_timeout;
         let report = |outcome, whitelist| Report {
             ip,
@@ -175,7 +200,7 @@ impl Reconciler {
         };
 
         let direct = self.direct(ip);
-        match direct.list_ips().await {
+        match first_read {
             Ok(whitelist) if whitelist.covers(ip) => {
                 tracing::info!(%ip, "already whitelisted; the key works from this host");
                 return Ok(report(Outcome::AlreadyListed, whitelist));

@@ -1,6 +1,8 @@
 //! The emulator's DNS whoami: UDP answers to A, AAAA and TXT questions holding the querier's address.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::rdata::{A, AAAA, TXT};
@@ -34,13 +36,20 @@ pub fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
     response.to_vec().ok()
 }
 
-pub async fn serve(socket: tokio::net::UdpSocket) -> std::io::Result<()> {
+/// Answers every datagram after `latency`, each in its own task so one delay never holds another.
+pub async fn serve(socket: tokio::net::UdpSocket, latency: Duration) -> std::io::Result<()> {
+    let socket = Arc::new(socket);
     let mut buffer = vec![0u8; 4096];
     loop {
         let (received, peer) = socket.recv_from(&mut buffer).await?;
-        if let Some(reply) = answer(&buffer[..received], peer) {
+        let Some(reply) = answer(&buffer[..received], peer) else {
+            continue;
+        };
+        let socket = Arc::clone(&socket);
+        tokio::spawn(async move {
+            super::delay(latency).await;
             // A reply that cannot be sent (the peer went away) is the peer's problem.
             let _ = socket.send_to(&reply, peer).await;
-        }
+        });
     }
 }

@@ -212,7 +212,7 @@ pub async fn start(
             let socket = tokio::net::UdpSocket::bind(dns_listen).await?;
             (
                 Some(socket.local_addr()?),
-                Some(tokio::spawn(dns::serve(socket))),
+                Some(tokio::spawn(dns::serve(socket, settings.latency))),
             )
         }
         None => (None, None),
@@ -270,11 +270,23 @@ pub async fn start(
     })
 }
 
+/// `--latency` holds every answer a client waits for (API, echo, DNS), so a benchmark sees one
+/// round trip per request as a real network would give it.
+async fn delay(latency: Duration) {
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
 fn peer_ip(peer: SocketAddr) -> IpAddr {
     peer.ip().to_canonical()
 }
 
-async fn echo_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn echo_ip(
+    State(emulator): State<Arc<Emulator>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    delay(emulator.settings.latency).await;
     (
         [(header::CONTENT_TYPE, "text/plain")],
         format!("{}\n", peer_ip(peer)),
@@ -361,9 +373,7 @@ async fn api(
     body: Bytes,
 ) -> Response {
     let settings = &emulator.settings;
-    if !settings.latency.is_zero() {
-        tokio::time::sleep(settings.latency).await;
-    }
+    delay(settings.latency).await;
     if settings.fail_rate > 0.0 && rand::random_bool(settings.fail_rate.min(1.0)) {
         return injected_fault(settings.fault).await;
     }
