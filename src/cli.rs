@@ -8,9 +8,10 @@ use std::time::Duration;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, DetectionConfig, LogFormat, utf8_env};
+use crate::coord::{CoordinationMetrics, Coordinator, FleetBudget, Proof};
 use crate::detect::{DetectError, Detection, Detector, Family};
 use crate::emulator::{self, Fault, KeyKind, ListFormat, Settings};
-use crate::reconcile::{CheckReport, ReconcileError, Reconciler, Report};
+use crate::reconcile::{CheckReport, ReconcileError, Reconciler};
 use crate::sendsms::{CallObserver, Client, ClientBuildError};
 
 /// The exit codes the README documents.
@@ -63,9 +64,9 @@ impl From<ReconcileError> for Failure {
     fn from(e: ReconcileError) -> Self {
         let exit = match e {
             ReconcileError::BootstrapRefused { .. } => Exit::BootstrapRefused,
-            ReconcileError::NotVerified { .. } | ReconcileError::ApiUnavailable { .. } => {
-                Exit::NotVerified
-            }
+            ReconcileError::NotVerified { .. }
+            | ReconcileError::ApiUnavailable { .. }
+            | ReconcileError::PeerBusy { .. } => Exit::NotVerified,
         };
         Failure {
             exit,
@@ -382,20 +383,40 @@ async fn detect_all(config: &Config) -> Result<Vec<IpAddr>, Failure> {
     Ok(ips)
 }
 
-/// `once`: every egress IP whitelisted and verified, or the first failure.
-pub async fn once(config: &Config) -> Result<Vec<Report>, Failure> {
-    let reconciler = reconciler(config, None)?;
+/// `once`: every egress IP whitelisted and verified, or the first failure. Coordinated, it
+/// takes a fleet member's fresh record, or the lease, as `run` does (init containers of a fleet).
+pub async fn once(config: &Config) -> Result<Vec<Proof>, Failure> {
+    let coordinator =
+        Coordinator::from_config(config, CoordinationMetrics::default()).map_err(|e| Failure {
+            exit: Exit::Config,
+            message: format!("SENDSMS_COORDINATION: {e}"),
+        })?;
+    let observer = coordinator.as_ref().map(|c| {
+        let budget: Arc<dyn CallObserver> = Arc::new(FleetBudget {
+            coordinator: Arc::clone(c),
+            per_minute: config.api_budget,
+        });
+        budget
+    });
+    let reconciler = reconciler(config, observer)?;
     let detector = Detector::new(&config.detection);
-    let mut reports = Vec::new();
+    let mut proofs = Vec::new();
     for &family in &config.detection.families {
         let detection = async {
             let found = detector.detect(family).await?;
             log_detected(family, &found);
             Ok::<_, DetectError>(found.ip)
         };
-        reports.push(reconciler.ensure_detected(family, detection).await??);
+        let proof = match &coordinator {
+            Some(coordinator) => {
+                let ip = detection.await?;
+                coordinator.ensure(ip, &reconciler, 0).await?
+            }
+            None => Proof::Own(reconciler.ensure_detected(family, detection).await??),
+        };
+        proofs.push(proof);
     }
-    Ok(reports)
+    Ok(proofs)
 }
 
 /// `check`: read-only.

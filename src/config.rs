@@ -158,6 +158,64 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
     pub recheck_min_interval: Duration,
     pub recheck_allow_remote: bool,
+    pub coordination: Coordination,
+    /// How long a member's whitelist lease lasts unless renewed; a member that dies holding it
+    /// delays the others by at most this.
+    pub coordination_lease: Duration,
+}
+
+/// Where fleet members share whitelist records, leases and the API budget (`SENDSMS_COORDINATION`).
+#[derive(Clone, Debug, Default)]
+pub enum Coordination {
+    #[default]
+    None,
+    /// Members on one host share a directory.
+    File(PathBuf),
+    /// Members anywhere share a Redis server.
+    Redis(RedisUrl),
+}
+
+impl Coordination {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Coordination::None => "none",
+            Coordination::File(_) => "file",
+            Coordination::Redis(_) => "redis",
+        }
+    }
+}
+
+/// A `redis://` or `rediss://` URL; it may carry a password, so only scheme, host, port and
+/// database are ever shown.
+#[derive(Clone)]
+pub struct RedisUrl(SecretString);
+
+impl RedisUrl {
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Url::parse(self.expose()) {
+            Ok(url) => write!(
+                f,
+                "{}://{}:{}{}",
+                url.scheme(),
+                url.host_str().unwrap_or("?"),
+                url.port().unwrap_or(6379),
+                url.path()
+            ),
+            Err(_) => f.write_str("[redis]"),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
 }
 
 /// The raw environment, as envy reads it: strings only, so every value gets our own
@@ -188,6 +246,8 @@ struct RawEnv {
     log_format: Option<String>,
     recheck_min_interval: Option<String>,
     recheck_allow_remote: Option<String>,
+    coordination: Option<String>,
+    coordination_lease: Option<String>,
 }
 
 impl Config {
@@ -315,6 +375,12 @@ impl RawEnv {
                 "10s",
             )?,
             recheck_allow_remote: parse_bool("recheck_allow_remote", self.recheck_allow_remote)?,
+            coordination: parse_coordination(self.coordination)?,
+            coordination_lease: parse_duration(
+                "coordination_lease",
+                self.coordination_lease,
+                "15s",
+            )?,
         })
     }
 }
@@ -350,6 +416,60 @@ fn secret_or_file(
         }
         (None, None) => Ok(None),
     }
+}
+
+const COORDINATION_EXPECTED: &str =
+    "none, file:/an/absolute/directory, redis://HOST:PORT/DB or rediss://HOST:PORT/DB";
+
+fn parse_coordination(value: Option<String>) -> Result<Coordination, ConfigError> {
+    let Some(text) = value.map(|v| v.trim().to_owned()) else {
+        return Ok(Coordination::None);
+    };
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Coordination::None);
+    }
+    if let Some(dir) = text.strip_prefix("file:") {
+        let dir = PathBuf::from(dir);
+        if !dir.is_absolute() {
+            return Err(invalid(
+                "coordination",
+                "a file: directory must be an absolute path",
+                COORDINATION_EXPECTED,
+            ));
+        }
+        return Ok(Coordination::File(dir));
+    }
+    // The URL may hold a password: problems are described, the value never repeated.
+    let url = Url::parse(&text).map_err(|e| {
+        invalid(
+            "coordination",
+            format!("not a mode or URL ({e})"),
+            COORDINATION_EXPECTED,
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(invalid(
+            "coordination",
+            format!("unknown scheme {:?}", url.scheme()),
+            COORDINATION_EXPECTED,
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "coordination",
+            "the Redis URL names no host",
+            COORDINATION_EXPECTED,
+        ));
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u16>().is_err() {
+        return Err(invalid(
+            "coordination",
+            format!("{db:?} is not a database number"),
+            COORDINATION_EXPECTED,
+        ));
+    }
+    Ok(Coordination::Redis(RedisUrl(SecretString::from(text))))
 }
 
 /// `SENDSMS_LISTEN`, also read alone by `health`, which needs nothing else.

@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod coord;
 pub mod demo;
 pub mod detect;
 pub mod emulator;

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::coord::CoordinationMetrics;
+
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,6 +22,11 @@ pub struct FamilyLabels {
     pub family: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub ready: Gauge,
@@ -30,6 +37,8 @@ pub struct Metrics {
     pub verification_seconds: Histogram,
     pub whitelist_size: Gauge,
     pub last_success: Family<FamilyLabels, Gauge>,
+    pub coordination_mode: Family<ModeLabels, Gauge>,
+    pub coordination: CoordinationMetrics,
 }
 
 impl Default for Metrics {
@@ -44,6 +53,8 @@ impl Default for Metrics {
             verification_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             whitelist_size: Gauge::default(),
             last_success: Family::default(),
+            coordination_mode: Family::default(),
+            coordination: CoordinationMetrics::default(),
         };
         metrics.registered()
     }
@@ -94,6 +105,37 @@ impl Metrics {
             "last_success_timestamp_seconds",
             "Unix time of the last successful verification per family",
             self.last_success.clone(),
+        );
+        registry.register(
+            "coordination_mode",
+            "1 for the SENDSMS_COORDINATION mode in use (none, file or redis)",
+            self.coordination_mode.clone(),
+        );
+        let coordination = &self.coordination;
+        registry.register(
+            "coordination_store_up",
+            "1 while the coordination store answers; 0 while this member acts alone",
+            coordination.store_up.clone(),
+        );
+        registry.register(
+            "coordination_records_read",
+            "Fresh verified records of other members that made this one ready without an API call",
+            coordination.records_read.clone(),
+        );
+        registry.register(
+            "coordination_records_written",
+            "Verified records this member shared with the fleet",
+            coordination.records_written.clone(),
+        );
+        registry.register(
+            "coordination_leases",
+            "Whitelist leases this member took",
+            coordination.leases_taken.clone(),
+        );
+        registry.register(
+            "coordination_fallbacks",
+            "Times this member whitelisted alone because the store failed",
+            coordination.fallbacks.clone(),
         );
         self
     }

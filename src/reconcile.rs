@@ -112,6 +112,14 @@ pub enum ReconcileError {
         waited: Duration,
         last: String,
     },
+    #[error(
+        "another member of the fleet ({holder}) has been whitelisting {ip} for {waited:.0?} without sharing a record; trying again later"
+    )]
+    PeerBusy {
+        ip: IpAddr,
+        holder: String,
+        waited: Duration,
+    },
     #[error("the API stayed unusable during {during} for {waited:.0?}: {cause}")]
     ApiUnavailable {
         during: &'static str,

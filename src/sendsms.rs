@@ -296,10 +296,10 @@ impl Whitelist {
         fn tokens(text: &str, out: &mut Vec<WhitelistEntry>) {
             for piece in text.split(|c: char| c == ',' || c == ';' || c == '|' || c.is_whitespace())
             {
-                if let Some(entry) = WhitelistEntry::parse(piece) {
-                    if !out.contains(&entry) {
-                        out.push(entry);
-                    }
+                if let Some(entry) = WhitelistEntry::parse(piece)
+                    && !out.contains(&entry)
+                {
+                    out.push(entry);
                 }
             }
         }

@@ -12,11 +12,12 @@ use tokio::time::Instant;
 
 use crate::budget::ApiBudget;
 use crate::config::Config;
+use crate::coord::{CoordinationStatus, Coordinator, Proof};
 use crate::detect::{Detector, Family};
-use crate::metrics::{CallLabels, FamilyLabels, Metrics};
+use crate::metrics::{CallLabels, FamilyLabels, Metrics, ModeLabels};
 use crate::reconcile::{Outcome, Reconciler};
 use crate::sendsms::{CallObserver, Class, Whitelist};
-use crate::state::{StateFile, VerifiedIp};
+use crate::state::{StateFile, VerifiedIp, unix_now_ms};
 
 /// Where one family stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -64,6 +65,8 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     pub counters: Counters,
     pub started_at: String,
+    /// Absent when `SENDSMS_COORDINATION=none`.
+    pub coordination: Option<CoordinationStatus>,
 }
 
 /// The answer to `POST /recheck`.
@@ -83,6 +86,7 @@ pub struct Shared {
     stale_after: Duration,
     pub metrics: Metrics,
     pub recheck: mpsc::Sender<RecheckRequest>,
+    coordinator: Option<Arc<Coordinator>>,
 }
 
 impl Shared {
@@ -91,7 +95,9 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.lock().clone()
+        let mut snapshot = self.lock().clone();
+        snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
+        snapshot
     }
 
     /// The control loop is alive when it checked in within the longest a round may take.
@@ -113,15 +119,22 @@ fn timestamp_of(unix: u64) -> String {
     timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
 }
 
-/// Every sendSMS call passes the budget first and is counted after.
+/// Every sendSMS call passes the budget first (this member's, then the fleet's) and is
+/// counted after.
 struct Accounting {
     budget: ApiBudget,
+    per_minute: u32,
     shared: Arc<Shared>,
 }
 
 impl CallObserver for Accounting {
     fn before_call(&self, _action: &'static str) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(self.budget.acquire())
+        Box::pin(async {
+            self.budget.acquire().await;
+            if let Some(coordinator) = &self.shared.coordinator {
+                coordinator.acquire_budget(self.per_minute).await;
+            }
+        })
     }
 
     fn after_call(&self, action: &'static str, class: Class) {
@@ -170,6 +183,20 @@ impl Sidecar {
         + 'static,
     ) -> Result<(Self, Arc<Shared>, mpsc::Receiver<RecheckRequest>), crate::cli::Failure> {
         let (recheck, requests) = mpsc::channel(64);
+        let metrics = Metrics::default();
+        let coordinator =
+            Coordinator::from_config(&config, metrics.coordination.clone()).map_err(|e| {
+                crate::cli::Failure {
+                    exit: crate::cli::Exit::Config,
+                    message: format!("SENDSMS_COORDINATION: {e}"),
+                }
+            })?;
+        metrics
+            .coordination_mode
+            .get_or_create(&ModeLabels {
+                mode: config.coordination.mode(),
+            })
+            .set(1);
         let families = config.detection.families.len() as u32;
         let round = config.detection.timeout + config.verify_timeout;
         let shared = Arc::new(Shared {
@@ -187,16 +214,19 @@ impl Sidecar {
                 last_error: None,
                 counters: Counters::default(),
                 started_at: timestamp(SystemTime::now()),
+                coordination: None,
             }),
             heartbeat: Mutex::new(Instant::now()),
             stale_after: config.poll_interval.mul_f64(1.2)
                 + round * families.max(1)
                 + Duration::from_secs(30),
-            metrics: Metrics::default(),
+            metrics,
             recheck,
+            coordinator,
         });
         let accounting = Arc::new(Accounting {
             budget: ApiBudget::per_minute(config.api_budget),
+            per_minute: config.api_budget,
             shared: Arc::clone(&shared),
         });
         let observer: Arc<dyn CallObserver> = accounting;
@@ -286,6 +316,9 @@ impl Sidecar {
     /// One pass over every family. `force` re-proves even a fresh, unchanged IP.
     async fn round(&mut self, force: bool) {
         self.shared.beat();
+        if let Some(coordinator) = self.shared.coordinator.as_ref().filter(|c| !c.store_up()) {
+            coordinator.ping().await;
+        }
         let families: Vec<Family> = self.tracked.keys().copied().collect();
         for family in families {
             self.follow(family, force).await;
@@ -363,23 +396,50 @@ impl Sidecar {
         if !force && tracked.retry_at.is_some_and(|at| at > Instant::now()) {
             return;
         }
-        self.verify(family, ip, reproof).await;
+        // A forced recheck wants news: a record written before it was asked does not answer it.
+        let not_before_ms = if force { unix_now_ms() } else { 0 };
+        self.verify(family, ip, reproof, not_before_ms).await;
     }
 
     /// `reproof`: the IP is verified already and stays ready while it is proven again.
-    async fn verify(&mut self, family: Family, ip: IpAddr, reproof: bool) {
+    async fn verify(&mut self, family: Family, ip: IpAddr, reproof: bool, not_before_ms: u64) {
         if !reproof {
             self.mark(family, |s| s.phase = Phase::Verifying);
             self.publish_readiness();
         }
         let started = Instant::now();
-        let result = self.reconciler.ensure(ip).await;
+        let result = match &self.shared.coordinator {
+            Some(coordinator) => {
+                coordinator
+                    .ensure(ip, &self.reconciler, not_before_ms)
+                    .await
+            }
+            None => self.reconciler.ensure(ip).await.map(Proof::Own),
+        };
         let Some(tracked) = self.tracked.get_mut(&family) else {
             return;
         };
         match result {
-            Ok(report) => {
-                let entry = VerifiedIp::now(ip);
+            Ok(proof) => {
+                let (entry, whitelist) = match proof {
+                    Proof::Own(report) => {
+                        if matches!(report.outcome, Outcome::Added { .. }) {
+                            tracing::info!(%family, %ip, "whitelisted and verified");
+                        } else {
+                            tracing::info!(%family, %ip, "verified: already whitelisted");
+                        }
+                        (VerifiedIp::now(ip), Some(report.whitelist))
+                    }
+                    // Re-verified when the fleet's record ages out, not when this member's copy does.
+                    Proof::Peer(record) => (
+                        VerifiedIp {
+                            family,
+                            ip,
+                            verified_at: record.verified_at_ms / 1000,
+                        },
+                        None,
+                    ),
+                };
                 self.shared
                     .metrics
                     .verification_seconds
@@ -391,14 +451,11 @@ impl Sidecar {
                         family: family.as_str(),
                     })
                     .set(entry.verified_at as i64);
-                self.shared
-                    .metrics
-                    .whitelist_size
-                    .set(report.whitelist.len() as i64);
-                if matches!(report.outcome, Outcome::Added { .. }) {
-                    tracing::info!(%family, %ip, "whitelisted and verified");
-                } else {
-                    tracing::info!(%family, %ip, "verified: already whitelisted");
+                if let Some(whitelist) = &whitelist {
+                    self.shared
+                        .metrics
+                        .whitelist_size
+                        .set(whitelist.len() as i64);
                 }
                 tracked.verified = Some(entry.clone());
                 tracked.failures = 0;
@@ -406,8 +463,10 @@ impl Sidecar {
                 {
                     let mut snap = self.shared.lock();
                     snap.counters.verifications += 1;
-                    snap.whitelist = Some(report.whitelist);
-                    snap.whitelist_seen_at = Some(timestamp(SystemTime::now()));
+                    if let Some(whitelist) = whitelist {
+                        snap.whitelist = Some(whitelist);
+                        snap.whitelist_seen_at = Some(timestamp(SystemTime::now()));
+                    }
                     let status = snap.families.entry(family).or_default();
                     status.phase = Phase::Verified;
                     status.verified_ip = Some(ip);

@@ -40,6 +40,36 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Write to a temporary file beside the target, flush it to disk, then rename over the
+/// target: a crash or a signal leaves the old file or the new one, never half of one.
+pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&temp).and_then(|mut file| {
+        file.write_all(body)?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&temp, path)) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// What the file holds. `owner` ties it to one account and endpoint, so a file copied from
 /// another deployment is foreign and ignored; it holds no secret.
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,8 +124,6 @@ impl StateFile {
         }
     }
 
-    /// Write to a temporary file beside the target, flush it to disk, then rename over the
-    /// target: a crash or a signal leaves the old file or the new one, never half of one.
     pub fn save(&self, verified: &[VerifiedIp]) -> Result<(), StateError> {
         let io = |source| StateError::Io {
             path: self.path.clone(),
@@ -107,25 +135,7 @@ impl StateFile {
             verified: verified.to_vec(),
         };
         let body = serde_json::to_vec_pretty(&doc).map_err(|e| io(std::io::Error::other(e)))?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let written = std::fs::File::create(&temp).and_then(|mut file| {
-            file.write_all(&body)?;
-            file.sync_all()
-        });
-        if let Err(e) = written.and_then(|()| std::fs::rename(&temp, &self.path)) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(io(e));
-        }
+        write_atomically(&self.path, &body).map_err(io)?;
         Ok(())
     }
 }

@@ -298,20 +298,20 @@ fn spot() -> impl Strategy<Value = Spot> {
 /// Walks down `route` (at most 7 levels, so the address stays within the parser's depth
 /// limit of 8) and writes the address, as `written`, there as `spot` says.
 fn place(here: &mut Value, route: &[Index], depth: usize, written: &str, spot: &Spot) {
-    if let Some((step, rest)) = route.split_first() {
-        if depth < 7 {
-            match &mut *here {
-                Value::Array(items) if !items.is_empty() => {
-                    let i = step.index(items.len());
-                    return place(&mut items[i], rest, depth + 1, written, spot);
-                }
-                Value::Object(map) if !map.is_empty() => {
-                    let i = step.index(map.len());
-                    let child = map.values_mut().nth(i).expect("index within the map");
-                    return place(child, rest, depth + 1, written, spot);
-                }
-                _ => {}
+    if let Some((step, rest)) = route.split_first()
+        && depth < 7
+    {
+        match &mut *here {
+            Value::Array(items) if !items.is_empty() => {
+                let i = step.index(items.len());
+                return place(&mut items[i], rest, depth + 1, written, spot);
             }
+            Value::Object(map) if !map.is_empty() => {
+                let i = step.index(map.len());
+                let child = map.values_mut().nth(i).expect("index within the map");
+                return place(child, rest, depth + 1, written, spot);
+            }
+            _ => {}
         }
     }
     let text = Value::String(written.to_owned());

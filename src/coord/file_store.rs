@@ -1,0 +1,305 @@
+//! The `file:` coordination store: members on one host share a directory, serialized by an OS file lock.
+
+use std::fs::{File, OpenOptions};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{Record, Scope, StoreError};
+use crate::state::{unix_now_ms, write_atomically};
+
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// `USER.FINGERPRINT`, with anything outside `[A-Za-z0-9_-]` in the user name hex-escaped.
+    prefix: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Expiring<T> {
+    value: T,
+    expires_at_ms: u64,
+}
+
+impl<T> Expiring<T> {
+    fn new(value: T, ttl: Duration) -> Self {
+        Expiring {
+            value,
+            expires_at_ms: unix_now_ms().saturating_add(millis(ttl)),
+        }
+    }
+
+    fn live(self) -> Option<T> {
+        (self.expires_at_ms > unix_now_ms()).then_some(self.value)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Held for the length of one operation; the kernel drops it if the process dies.
+struct Locked {
+    _file: File,
+}
+
+impl Inner {
+    fn path(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{}.{what}", self.prefix))
+    }
+
+    fn ip_path(&self, what: &str, ip: IpAddr) -> PathBuf {
+        // IPv6 colons are not welcome in every file system.
+        self.path(&format!("{what}.{}.json", ip.to_string().replace(':', "-")))
+    }
+
+    fn fail(&self, path: &Path, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            store: format!("file:{}", self.dir.display()),
+            problem: format!("{}: {e}", path.display()),
+        }
+    }
+
+    fn lock(&self) -> Result<Locked, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| self.fail(&self.dir, e))?;
+        let path = self.path("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.fail(&path, e))?;
+        file.lock().map_err(|e| self.fail(&path, e))?;
+        Ok(Locked { _file: file })
+    }
+
+    /// Missing, corrupt or expired all read as nothing: every file is replaced whole, so
+    /// corruption means someone else wrote there, and the protocol recovers by rewriting.
+    fn read<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, StoreError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(serde_json::from_slice::<Expiring<T>>(&bytes)
+                .ok()
+                .and_then(Expiring::live)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.fail(path, e)),
+        }
+    }
+
+    fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(value).map_err(|e| self.fail(path, e))?;
+        write_atomically(path, &body).map_err(|e| self.fail(path, e))
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), StoreError> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.fail(path, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FileStore {
+    pub fn new(dir: PathBuf, scope: &Scope) -> Self {
+        let user: String = scope
+            .username
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' => char::from(b).to_string(),
+                _ => format!("%{b:02x}"),
+            })
+            .collect();
+        FileStore {
+            inner: Arc::new(Inner {
+                dir,
+                prefix: format!("{user}.{}", scope.fingerprint),
+            }),
+        }
+    }
+
+    /// Runs `operation` under the lock on a blocking thread: file locks block.
+    async fn locked<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let store = format!("file:{}", inner.dir.display());
+        tokio::task::spawn_blocking(move || {
+            let _locked = inner.lock()?;
+            operation(&inner)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable {
+            store,
+            problem: e.to_string(),
+        })?
+    }
+
+    pub async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {
+        self.locked(move |s| s.read(&s.ip_path("verified", ip)))
+            .await
+    }
+
+    pub async fn write_verified(&self, record: &Record, ttl: Duration) -> Result<(), StoreError> {
+        let record = Expiring::new(record.clone(), ttl);
+        self.locked(move |s| s.write(&s.ip_path("verified", record.value.ip), &record))
+            .await
+    }
+
+    pub async fn try_lease(
+        &self,
+        ip: IpAddr,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let member = member.to_owned();
+        self.locked(move |s| {
+            let path = s.ip_path("lease", ip);
+            match s.read::<String>(&path)? {
+                Some(holder) if holder != member => Ok(Some(holder)),
+                _ => s.write(&path, &Expiring::new(member, ttl)).map(|()| None),
+            }
+        })
+        .await
+    }
+
+    pub async fn renew_lease(
+        &self,
+        ip: IpAddr,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let member = member.to_owned();
+        self.locked(move |s| {
+            let path = s.ip_path("lease", ip);
+            if s.read::<String>(&path)?.as_ref() != Some(&member) {
+                return Ok(false);
+            }
+            s.write(&path, &Expiring::new(member, ttl)).map(|()| true)
+        })
+        .await
+    }
+
+    pub async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
+        let member = member.to_owned();
+        self.locked(move |s| {
+            let path = s.ip_path("lease", ip);
+            if s.read::<String>(&path)?.as_ref() == Some(&member) {
+                s.remove(&path)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn take_budget(
+        &self,
+        limit: u32,
+        window: Duration,
+        _token: &str,
+    ) -> Result<Option<Duration>, StoreError> {
+        self.locked(move |s| {
+            let path = s.path("budget.json");
+            let now = unix_now_ms();
+            let window_ms = millis(window);
+            let mut calls: Vec<u64> = s
+                .read::<Vec<u64>>(&path)?
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&at| at.saturating_add(window_ms) > now)
+                .collect();
+            if calls.len() < limit.max(1) as usize {
+                calls.push(now);
+                s.write(&path, &Expiring::new(calls, window))?;
+                return Ok(None);
+            }
+            let oldest = calls.iter().copied().min().unwrap_or(now);
+            Ok(Some(Duration::from_millis(
+                oldest.saturating_add(window_ms).saturating_sub(now).max(1),
+            )))
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.locked(|_| Ok(())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> FileStore {
+        FileStore::new(
+            dir.to_path_buf(),
+            &Scope {
+                username: "al/ice".into(),
+                fingerprint: "00ff".into(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn one_lease_holder_records_and_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        let ttl = Duration::from_secs(30);
+        assert_eq!(s.try_lease(ip, "a", ttl).await.expect("lease"), None);
+        assert_eq!(
+            s.try_lease(ip, "b", ttl).await.expect("lease"),
+            Some("a".into())
+        );
+        assert!(!s.renew_lease(ip, "b", ttl).await.expect("renew"));
+        assert!(s.renew_lease(ip, "a", ttl).await.expect("renew"));
+        s.release_lease(ip, "b").await.expect("release");
+        assert_eq!(
+            s.try_lease(ip, "b", ttl).await.expect("lease"),
+            Some("a".into()),
+            "only the holder releases"
+        );
+        s.release_lease(ip, "a").await.expect("release");
+        assert_eq!(s.try_lease(ip, "b", ttl).await.expect("lease"), None);
+
+        assert_eq!(s.read_verified(ip).await.expect("read"), None);
+        let record = Record {
+            ip,
+            verified_at_ms: unix_now_ms(),
+            by: "b".into(),
+        };
+        s.write_verified(&record, ttl).await.expect("write");
+        assert_eq!(
+            s.read_verified(ip).await.expect("read"),
+            Some(record.clone())
+        );
+        s.write_verified(&record, Duration::from_millis(1))
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(s.read_verified(ip).await.expect("read"), None, "expired");
+
+        let window = Duration::from_secs(60);
+        assert_eq!(s.take_budget(2, window, "t").await.expect("budget"), None);
+        assert_eq!(s.take_budget(2, window, "t").await.expect("budget"), None);
+        let wait = s.take_budget(2, window, "t").await.expect("budget");
+        assert!(
+            wait.is_some_and(|w| w > Duration::from_secs(50)),
+            "{wait:?}"
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with("al%2fice.00ff.")),
+            "{names:?}"
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! The `redis://` coordination store: members anywhere share a Redis server; each step is one atomic command or script.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Script};
+use tokio::sync::Mutex;
+
+use super::{Record, Scope, StoreError};
+use crate::config::RedisUrl;
+
+/// Takes the lease if it is free (or already ours) and answers "" ; else answers the holder.
+const TRY_LEASE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return '' end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return '' end
+return holder or ''
+";
+
+/// Only the holder extends or drops its lease: a lease that expired and went to another member
+/// is never touched.
+const RENEW_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// A sliding-window log on the server's clock: 0 when a call is booked, else milliseconds
+/// until the oldest booking leaves the window.
+const TAKE_BUDGET: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+";
+
+pub struct RedisStore {
+    client: redis::Client,
+    shown: String,
+    prefix: String,
+    timeout: Duration,
+    /// Dropped after any failure, so the next operation connects afresh.
+    connection: Mutex<Option<MultiplexedConnection>>,
+    try_lease: Script,
+    renew_lease: Script,
+    release_lease: Script,
+    take_budget: Script,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisStore {
+    pub fn new(url: &RedisUrl, scope: &Scope, timeout: Duration) -> Result<Self, StoreError> {
+        let shown = url.to_string();
+        let client = redis::Client::open(url.expose()).map_err(|e| StoreError::Unavailable {
+            store: shown.clone(),
+            // The URL is not repeated: it may hold a password.
+            problem: format!("unusable Redis URL ({:?})", e.kind()),
+        })?;
+        Ok(RedisStore {
+            client,
+            shown,
+            prefix: format!(
+                "sendsms-whitelister:{}:{}",
+                scope.username, scope.fingerprint
+            ),
+            timeout,
+            connection: Mutex::new(None),
+            try_lease: Script::new(TRY_LEASE),
+            renew_lease: Script::new(RENEW_LEASE),
+            release_lease: Script::new(RELEASE_LEASE),
+            take_budget: Script::new(TAKE_BUDGET),
+        })
+    }
+
+    fn key(&self, what: &str, ip: IpAddr) -> String {
+        format!("{}:{what}:{ip}", self.prefix)
+    }
+
+    fn fail(&self, problem: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            store: self.shown.clone(),
+            problem: problem.to_string(),
+        }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut cached = self.connection.lock().await;
+        if let Some(connection) = cached.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.fail(e))?;
+        *cached = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// One command or script on the shared connection; a failure forgets the connection.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection().await?;
+        match invocation(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                *self.connection.lock().await = None;
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    pub async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {
+        let key = self.key("verified", ip);
+        let text: Option<String> = self
+            .run(async |c| redis::cmd("GET").arg(&key).query_async(c).await)
+            .await?;
+        // Something unreadable under our key is treated as absent and overwritten in time.
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    pub async fn write_verified(&self, record: &Record, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.key("verified", record.ip);
+        let body = serde_json::to_string(record).map_err(|e| self.fail(e))?;
+        self.run(async |c| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&body)
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async::<()>(c)
+                .await
+        })
+        .await
+    }
+
+    pub async fn try_lease(
+        &self,
+        ip: IpAddr,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.key("lease", ip);
+        let holder: String = self
+            .run(async |c| {
+                self.try_lease
+                    .key(&key)
+                    .arg(member)
+                    .arg(millis(ttl))
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Ok((!holder.is_empty()).then_some(holder))
+    }
+
+    pub async fn renew_lease(
+        &self,
+        ip: IpAddr,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.key("lease", ip);
+        let renewed: i64 = self
+            .run(async |c| {
+                self.renew_lease
+                    .key(&key)
+                    .arg(member)
+                    .arg(millis(ttl))
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    pub async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
+        let key = self.key("lease", ip);
+        self.run(async |c| {
+            self.release_lease
+                .key(&key)
+                .arg(member)
+                .invoke_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn take_budget(
+        &self,
+        limit: u32,
+        window: Duration,
+        token: &str,
+    ) -> Result<Option<Duration>, StoreError> {
+        let key = format!("{}:budget", self.prefix);
+        let wait_ms: u64 = self
+            .run(async |c| {
+                self.take_budget
+                    .key(&key)
+                    .arg(limit.max(1))
+                    .arg(millis(window))
+                    .arg(token)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(async |c| redis::cmd("PING").query_async::<()>(c).await)
+            .await
+    }
+}
