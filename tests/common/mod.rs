@@ -443,3 +443,97 @@ pub async fn api_requests(emu: &Emulator) -> u64 {
         })
         .unwrap_or(0)
 }
+
+impl Sidecar {
+    /// SIGKILL: no clean-up at all, as when a node dies.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub async fn status(&self) -> Value {
+        let (code, body) = self.get("/status").await;
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("/status {code}: {body}"))
+    }
+}
+
+/// A `redis-server` child on a loopback port, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// None (after `require_tool` said so) when redis-server is missing outside CI.
+    pub async fn start() -> Option<RedisServer> {
+        require_tool("redis-server")?;
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+        };
+        server.restart().await;
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// On the same port, empty, as after a crash of a server without persistence.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        wait_for_port(([127, 0, 0, 1], self.port).into()).await;
+    }
+}
+
+/// An echo provider whose answer the test changes: an egress IP change without a network.
+pub struct SwitchableEcho {
+    pub addr: SocketAddr,
+    answer: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl SwitchableEcho {
+    pub async fn start(ip: &str) -> SwitchableEcho {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind echo");
+        let addr = listener.local_addr().expect("echo addr");
+        let answer = std::sync::Arc::new(std::sync::Mutex::new(ip.to_owned()));
+        let shared = std::sync::Arc::clone(&answer);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let ip = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut request).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{ip}",
+                        ip.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        SwitchableEcho { addr, answer }
+    }
+
+    pub fn switch_to(&self, ip: &str) {
+        *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = ip.to_owned();
+    }
+}

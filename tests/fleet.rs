@@ -1,0 +1,296 @@
+//! Fleets behind one egress IP: one whitelist write for all, a fleet-wide API budget, and no
+//! outage when the coordination store or the lease holder dies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Emulator, RedisServer, Sidecar, SwitchableEcho, api_requests, with};
+use serde_json::Value;
+
+/// The account's real limit: 10 unbilled calls in any minute, so no member may be throttled.
+async fn rate_limited_emulator(extra: &[&str]) -> Emulator {
+    let args: Vec<&str> = ["--allow", "127.0.0.2", "--rate-limit", "10"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    Emulator::start(&args).await
+}
+
+fn member_env(emu: &Emulator, coordination: &str) -> Vec<(String, String)> {
+    with(
+        emu.env(),
+        &[
+            ("SENDSMS_BOOTSTRAP_BIND", "127.0.0.2"),
+            ("SENDSMS_COORDINATION", coordination),
+            ("SENDSMS_POLL_INTERVAL", "1s"),
+            ("SENDSMS_LOG_FORMAT", "json"),
+        ],
+    )
+}
+
+async fn start_fleet(size: usize, env: &[(String, String)]) -> Vec<Sidecar> {
+    let mut fleet = Vec::with_capacity(size);
+    for _ in 0..size {
+        fleet.push(Sidecar::start(env).await);
+    }
+    fleet
+}
+
+/// Time from `since` until every member answers /readyz 200.
+async fn all_ready(fleet: &[Sidecar], since: Instant, within: Duration) -> Duration {
+    for member in fleet {
+        member.wait_readyz(200, within).await;
+    }
+    since.elapsed()
+}
+
+fn counter(status: &Value, name: &str) -> u64 {
+    status["coordination"][name].as_u64().unwrap_or(0)
+}
+
+async fn sum_counter(fleet: &[Sidecar], name: &str) -> u64 {
+    let mut total = 0;
+    for member in fleet {
+        total += counter(&member.status().await, name);
+    }
+    total
+}
+
+async fn token_calls(emu: &Emulator) -> (u64, u64) {
+    let state = emu.state().await;
+    (
+        api_requests(emu).await,
+        state["rate_limited_requests"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// The whole fleet's one write: at most list, add, list; no member throttled.
+async fn assert_one_write(emu: &Emulator, fleet: &[Sidecar], label: &str) {
+    let (calls, throttled) = token_calls(emu).await;
+    assert!(
+        calls <= 3,
+        "{label}: {calls} sendSMS calls for the fleet, expected at most 3"
+    );
+    assert_eq!(
+        throttled, 0,
+        "{label}: the emulator rate-limited {throttled} calls"
+    );
+    assert_eq!(
+        sum_counter(fleet, "leases_taken").await,
+        1,
+        "{label}: one lease holder"
+    );
+    let (accepted, refused) = emu.requests(0, "token_add_ip").await;
+    assert!(accepted + refused <= 1, "{label}: one token_add_ip");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_of_100_on_redis_whitelists_once_and_all_become_ready() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let emu = rate_limited_emulator(&[]).await;
+    let started = Instant::now();
+    let fleet = start_fleet(100, &member_env(&emu, &redis.url())).await;
+    let took = all_ready(&fleet, started, Duration::from_secs(120)).await;
+    eprintln!("FIGURE redis fleet of 100: all ready {took:.2?} after the first start");
+    assert_one_write(&emu, &fleet, "redis fleet of 100").await;
+    assert_eq!(
+        sum_counter(&fleet, "records_read").await,
+        99,
+        "every other member became ready from the shared record"
+    );
+    let status = fleet[0].status().await;
+    assert_eq!(status["coordination"]["mode"], "redis");
+    assert_eq!(status["coordination"]["store_up"], true);
+    assert!(
+        !status["coordination"]["store"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "{status}"
+    );
+    let (_, metrics) = fleet[0].get("/metrics").await;
+    assert!(
+        metrics.contains("sendsms_whitelister_coordination_mode{mode=\"redis\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sendsms_whitelister_coordination_store_up 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_of_20_on_one_host_shares_a_directory() {
+    let emu = rate_limited_emulator(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coordination = format!("file:{}", dir.path().join("fleet").display());
+    let started = Instant::now();
+    let fleet = start_fleet(20, &member_env(&emu, &coordination)).await;
+    let took = all_ready(&fleet, started, Duration::from_secs(60)).await;
+    eprintln!("FIGURE file fleet of 20: all ready {took:.2?} after the first start");
+    assert_one_write(&emu, &fleet, "file fleet of 20").await;
+    assert_eq!(sum_counter(&fleet, "records_read").await, 19);
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("fleet"))
+        .expect("fleet dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        files.iter().all(|f| !f.contains(common::KEY)),
+        "file names carry a fingerprint, never the key: {files:?}"
+    );
+    for file in &files {
+        let body = std::fs::read_to_string(dir.path().join("fleet").join(file)).unwrap_or_default();
+        assert!(!body.contains(common::KEY), "{file} holds the key");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_lease_holder_is_killed_mid_verify_another_member_finishes() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // The add takes 3 s to reach the API's edge, so the holder is caught verifying.
+    let emu = rate_limited_emulator(&["--propagation-delay", "3000"]).await;
+    let env = with(
+        member_env(&emu, &redis.url()),
+        &[("SENDSMS_COORDINATION_LEASE", "2s")],
+    );
+    let mut fleet = start_fleet(5, &env).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let holder = loop {
+        let mut found = None;
+        for (index, member) in fleet.iter().enumerate() {
+            if counter(&member.status().await, "leases_taken") > 0 {
+                found = Some(index);
+            }
+        }
+        if let Some(index) = found {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "nobody took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !fleet[holder].ready().await,
+        "the holder is still verifying"
+    );
+    fleet[holder].kill().await;
+    let killed = fleet.remove(holder);
+    let started = Instant::now();
+    let took = all_ready(&fleet, started, Duration::from_secs(60)).await;
+    eprintln!("FIGURE lease holder killed: the other 4 ready {took:.2?} later");
+    assert_eq!(
+        sum_counter(&fleet, "leases_taken").await,
+        1,
+        "exactly one survivor took over the expired lease"
+    );
+    let (_, throttled) = token_calls(&emu).await;
+    assert_eq!(throttled, 0);
+    drop(killed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_members_stay_ready_alone_and_coordinate_again_when_it_returns() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let emu = rate_limited_emulator(&[]).await;
+    let env = with(
+        member_env(&emu, &redis.url()),
+        &[("SENDSMS_RECHECK_MIN_INTERVAL", "1s")],
+    );
+    let fleet = start_fleet(3, &env).await;
+    all_ready(&fleet, Instant::now(), Duration::from_secs(30)).await;
+
+    redis.stop().await;
+    // A failed send asks for a recheck: with the store gone, the member proves it alone.
+    let (code, body) = fleet[0].request(reqwest::Method::POST, "/recheck").await;
+    assert_eq!(code, 200, "{body}");
+    let status = fleet[0].status().await;
+    assert_eq!(status["coordination"]["store_up"], false, "{status}");
+    assert!(counter(&status, "fallbacks") >= 1, "{status}");
+    assert!(
+        status["coordination"]["store_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{status}"
+    );
+    let (_, metrics) = fleet[0].get("/metrics").await;
+    assert!(
+        metrics.contains("sendsms_whitelister_coordination_store_up 0"),
+        "{metrics}"
+    );
+    for member in &fleet {
+        assert!(member.ready().await, "a store outage is not an outage");
+    }
+
+    redis.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fleet[0].status().await["coordination"]["store_up"] != true {
+        assert!(Instant::now() < deadline, "coordination did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Coordinating again: a forced recheck leads, and writes a record for the others.
+    let (code, body) = fleet[0].request(reqwest::Method::POST, "/recheck").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(counter(&fleet[0].status().await, "records_written") >= 1);
+    for member in &fleet {
+        assert!(member.ready().await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ip_change_seen_by_the_whole_fleet_is_one_write() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // The echo says which IP the fleet egresses from; the direct path itself is allowed,
+    // so each new IP costs exactly the writes the fleet makes for it.
+    let echo = SwitchableEcho::start("198.51.100.7").await;
+    let emu = rate_limited_emulator(&["--allow", "127.0.0.1"]).await;
+    let env = with(
+        member_env(&emu, &redis.url()),
+        &[
+            (
+                "SENDSMS_IP_PROVIDERS",
+                &format!("http://{}/#echo", echo.addr),
+            ),
+            ("SENDSMS_IP_QUORUM", "1"),
+        ],
+    );
+    let fleet = start_fleet(10, &env).await;
+    all_ready(&fleet, Instant::now(), Duration::from_secs(30)).await;
+    assert_eq!(
+        emu.requests(0, "token_add_ip").await.0,
+        1,
+        "one write for the first IP"
+    );
+
+    echo.switch_to("198.51.100.8");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for member in &fleet {
+        loop {
+            let status = member.status().await;
+            if status["families"]["ipv4"]["verified_ip"] == "198.51.100.8"
+                && status["ready"] == true
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member never verified the new IP: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        emu.requests(0, "token_add_ip").await.0,
+        2,
+        "one write for the new IP, for the whole fleet"
+    );
+    let (_, throttled) = token_calls(&emu).await;
+    assert_eq!(throttled, 0);
+}
