@@ -294,3 +294,62 @@ async fn an_ip_change_seen_by_the_whole_fleet_is_one_write() {
     let (_, throttled) = token_calls(&emu).await;
     assert_eq!(throttled, 0);
 }
+
+#[tokio::test]
+async fn a_store_down_at_start_is_no_outage_and_its_password_is_never_shown() {
+    const PASSWORD: &str = "r3dis-pa55word-91c";
+    let emu = Emulator::bastioned(&[]).await;
+    // Nothing listens on the port: the store is down from the first moment.
+    let closed = common::free_port();
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{closed}/0");
+    let member = Sidecar::start(&member_env(&emu, &url)).await;
+    member.wait_readyz(200, Duration::from_secs(30)).await;
+    let status = member.status().await;
+    assert_eq!(status["coordination"]["store_up"], false, "{status}");
+    assert!(counter(&status, "fallbacks") >= 1, "{status}");
+    let (_, metrics) = member.get("/metrics").await;
+    for shown in [status.to_string(), metrics, member.output()] {
+        assert!(
+            !shown.contains(PASSWORD),
+            "the Redis password was shown: {shown}"
+        );
+    }
+    assert!(
+        status["coordination"]["store"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("redis://127.0.0.1:")),
+        "{status}"
+    );
+
+    let bad = common::run(
+        &["once"],
+        &with(
+            member_env(&emu, "memcached://x"),
+            &[("SENDSMS_API_KEY", common::KEY)],
+        ),
+    )
+    .await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("SENDSMS_COORDINATION"), "{bad:?}");
+    let relative = common::run(&["once"], &member_env(&emu, "file:relative/dir")).await;
+    assert_eq!(relative.code, 2, "{relative:?}");
+    assert!(relative.stderr.contains("absolute"), "{relative:?}");
+}
+
+#[tokio::test]
+async fn once_in_a_coordinated_fleet_takes_a_fresh_record_without_any_call() {
+    let emu = Emulator::bastioned(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = member_env(&emu, &format!("file:{}", dir.path().display()));
+    let first = common::run(&["once"], &env).await;
+    assert_eq!(first.code, 0, "{first:?}");
+    let after_first = api_requests(&emu).await;
+    assert!(after_first <= 3, "{after_first} calls");
+    let second = common::run(&["once"], &env).await;
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(
+        second.stdout.contains("verified by fleet member"),
+        "{second:?}"
+    );
+    assert_eq!(api_requests(&emu).await, after_first, "the record answered");
+}
