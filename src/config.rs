@@ -752,4 +752,44 @@ mod tests {
         let e = env(&bad).unwrap_err().to_string();
         assert!(!e.contains("proxypass"), "{e}");
     }
+
+    #[test]
+    fn coordination_modes_and_their_errors() {
+        let with = |value: &str| {
+            let mut v = BASE.to_vec();
+            v.push(("SENDSMS_COORDINATION", value));
+            env(&v)
+        };
+        assert!(matches!(
+            env(&BASE).expect("valid").coordination,
+            Coordination::None
+        ));
+        assert!(matches!(
+            with("none").expect("valid").coordination,
+            Coordination::None
+        ));
+        assert!(matches!(
+            with("file:/var/lib/fleet").expect("valid").coordination,
+            Coordination::File(dir) if dir == PathBuf::from("/var/lib/fleet")
+        ));
+        let redis = with("rediss://:hunter2pw@cache.internal:6380/3").expect("valid");
+        let shown = format!("{:?}", redis.coordination);
+        assert!(shown.contains("rediss://cache.internal:6380/3"), "{shown}");
+        assert!(!shown.contains("hunter2pw"), "{shown}");
+        for (value, says) in [
+            ("file:fleet", "absolute"),
+            ("memcached://host", "unknown scheme"),
+            ("redis:///0", "no host"),
+            ("redis://:hunter2pw@/0", "empty host"),
+            ("redis://:hunter2pw@host:6379/cache", "database number"),
+            ("somewhere", "not a mode or URL"),
+        ] {
+            let e = with(value).unwrap_err().to_string();
+            assert!(
+                e.contains("SENDSMS_COORDINATION") && e.contains(says),
+                "{value}: {e}"
+            );
+            assert!(!e.contains("hunter2pw"), "{e}");
+        }
+    }
 }
