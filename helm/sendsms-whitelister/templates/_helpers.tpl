@@ -58,8 +58,45 @@ Init. Refuse to render that instead.
 {{- end -}}
 {{- end -}}
 
+{{/*
+Fleet coordination rules the schema cannot state clearly. The messages never repeat a Redis
+URL: it may hold a password. Called from templates/validate.yaml, so they hold even when no
+pod is rendered, and from the env template.
+*/}}
+{{- define "sendsms-whitelister.checkCoordination" -}}
+{{- $co := .Values.config.coordination -}}
+{{- if eq $co.mode "redis" -}}
+{{- $url := $co.redis.url -}}
+{{- $secret := $co.redis.existingSecret.name -}}
+{{- if and (not $url) (not $secret) -}}
+{{- fail "sendsms-whitelister: config.coordination.mode=redis needs config.coordination.redis.url (redis://HOST:PORT/DB, no password) or config.coordination.redis.existingSecret.name (a Secret whose key config.coordination.redis.existingSecret.key holds the URL)" -}}
+{{- end -}}
+{{- if and $url $secret -}}
+{{- fail "sendsms-whitelister: set only one of config.coordination.redis.url and config.coordination.redis.existingSecret.name" -}}
+{{- end -}}
+{{- end -}}
+{{- if contains "@" $co.redis.url -}}
+{{- fail "sendsms-whitelister: config.coordination.redis.url holds credentials (user@ or :password@), and values are not secret. Put the whole URL in a Secret and set config.coordination.redis.existingSecret.name and .key instead (the URL is not repeated here)" -}}
+{{- end -}}
+{{- if eq $co.mode "file" -}}
+{{- if not $co.file.volume -}}
+{{- fail "sendsms-whitelister: config.coordination.mode=file needs config.coordination.file.volume, a volume every pod of the fleet mounts (e.g. persistentVolumeClaim: {claimName: NAME} on a ReadWriteMany, flock-capable file system). Without one each pod would coordinate only with itself; mode=redis is usually simpler in Kubernetes" -}}
+{{- end -}}
+{{- if hasKey $co.file.volume "emptyDir" -}}
+{{- fail "sendsms-whitelister: config.coordination.file.volume is an emptyDir, which belongs to one pod: no other member would see it. Use a volume the whole fleet shares, or mode=redis" -}}
+{{- end -}}
+{{- if and .Values.stateFile.enabled (eq (trimSuffix "/" $co.file.dir) (trimSuffix "/" .Values.stateFile.mountPath)) -}}
+{{- fail "sendsms-whitelister: config.coordination.file.dir must differ from stateFile.mountPath: the state file is per pod, the coordination directory is shared" -}}
+{{- end -}}
+{{- if and .Values.stateFile.enabled (eq $co.file.volumeName .Values.stateFile.volumeName) -}}
+{{- fail "sendsms-whitelister: config.coordination.file.volumeName must differ from stateFile.volumeName" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Environment of both `run` and `once`. */}}
 {{- define "sendsms-whitelister.env" -}}
+{{- include "sendsms-whitelister.checkCoordination" . -}}
 {{- $c := .Values.config -}}
 - name: SENDSMS_USERNAME
   valueFrom:
@@ -105,6 +142,26 @@ Init. Refuse to render that instead.
   value: {{ $c.requestTimeout | quote }}
 - name: SENDSMS_API_BUDGET
   value: {{ $c.apiBudget | quote }}
+{{- with $c.coordination }}
+{{- if eq .mode "redis" }}
+- name: SENDSMS_COORDINATION
+{{- if .redis.existingSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .redis.existingSecret.name }}
+      key: {{ .redis.existingSecret.key }}
+{{- else }}
+  value: {{ .redis.url | quote }}
+{{- end }}
+{{- else if eq .mode "file" }}
+- name: SENDSMS_COORDINATION
+  value: {{ printf "file:%s" .file.dir | quote }}
+{{- end }}
+{{- if ne .mode "none" }}
+- name: SENDSMS_COORDINATION_LEASE
+  value: {{ .lease | quote }}
+{{- end }}
+{{- end }}
 {{- if .Values.stateFile.enabled }}
 - name: SENDSMS_STATE_FILE
   value: {{ printf "%s/state.json" (trimSuffix "/" .Values.stateFile.mountPath) | quote }}
@@ -131,10 +188,17 @@ resources:
   {{- toYaml $v.resources | nindent 2 }}
 securityContext:
   {{- toYaml $v.securityContext | nindent 2 }}
-{{- if $v.stateFile.enabled }}
+{{- $fleetDir := eq $v.config.coordination.mode "file" }}
+{{- if or $v.stateFile.enabled $fleetDir }}
 volumeMounts:
+{{- if $v.stateFile.enabled }}
   - name: {{ $v.stateFile.volumeName }}
     mountPath: {{ $v.stateFile.mountPath }}
+{{- end }}
+{{- if $fleetDir }}
+  - name: {{ $v.config.coordination.file.volumeName }}
+    mountPath: {{ $v.config.coordination.file.dir }}
+{{- end }}
 {{- end }}
 {{- end -}}
 

@@ -66,7 +66,10 @@ endpoints while the egress IP is not whitelisted.
 {{- end }}
 {{- end -}}
 
-{{/* volumes entries: the emptyDir holding the state file (empty when stateFile.enabled=false). */}}
+{{/*
+volumes entries: the emptyDir holding the state file (unless stateFile.enabled=false) and,
+with config.coordination.mode=file, the volume the fleet shares.
+*/}}
 {{- define "sendsms-whitelister.volumes" -}}
 {{- include "sendsms-whitelister.volumes.raw" . | trim -}}
 {{- end -}}
@@ -77,6 +80,12 @@ endpoints while the egress IP is not whitelisted.
 - name: {{ .volumeName }}
   emptyDir:
     sizeLimit: {{ .sizeLimit }}
+{{- end }}
+{{- end }}
+{{- with .Values.config.coordination }}
+{{- if eq .mode "file" }}
+- name: {{ .file.volumeName }}
+  {{- toYaml .file.volume | nindent 2 }}
 {{- end }}
 {{- end }}
 {{- end -}}
