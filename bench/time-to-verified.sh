@@ -11,7 +11,8 @@
 # refused, plus unmatched and rate-limited ones).
 #
 # Floors (the protocol's sequential round trips times L, plus the process start, measured as
-# the median wall time of `sendsms-whitelister --version`):
+# the median wall time of `sendsms-whitelister --version`, sampled twice per run among each
+# L's runs so that it sees the same machine load):
 #   naive:      new IP 4L (detect, list, add, list); known IP 2L (detect, list)
 #   overlapped: new IP 3L (max(detect, list), add, list); known IP 1L (detect || list)
 # The target is ours <= 1.2 x overlapped floor + 30 ms (the issue's: 1.2 x floor + 30 ms).
