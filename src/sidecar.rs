@@ -198,7 +198,12 @@ impl Sidecar {
             })
             .set(1);
         let families = config.detection.families.len() as u32;
-        let round = config.detection.timeout + config.verify_timeout;
+        // A coordinated member may also wait for a lease holder: two leases past its own verification.
+        let lease_wait = match config.coordination {
+            crate::config::Coordination::None => Duration::ZERO,
+            _ => config.coordination_lease * 2,
+        };
+        let round = config.detection.timeout + config.verify_timeout + lease_wait;
         let shared = Arc::new(Shared {
             snapshot: Mutex::new(Snapshot {
                 ready: false,
