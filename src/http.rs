@@ -25,10 +25,23 @@ fn root_certificates() -> &'static [reqwest::Certificate] {
     })
 }
 
+/// rustls' process-wide crypto provider: ring, which builds a smaller binary than reqwest's
+/// aws-lc-rs and covers what the web PKI needs (TLS 1.2 and 1.3, ECDSA, RSA, Ed25519).
+/// reqwest panics when it builds a client with no provider installed, so every client
+/// (tests' too) is built after this.
+pub fn install_crypto_provider() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // Err means another provider was installed first; that one is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The base of every client: no proxy from the environment (a corporate proxy would report its
 /// own address as ours, or see the key), no redirects (a redirect could carry the key's query
 /// string elsewhere), a timeout on everything, and keep-alive.
 pub fn client_builder(timeout: Duration, local_address: Option<IpAddr>) -> reqwest::ClientBuilder {
+    install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

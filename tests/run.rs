@@ -143,7 +143,7 @@ async fn futures_join(sidecar: &Sidecar, n: usize) -> Vec<(u16, String)> {
     for _ in 0..n {
         let status = sidecar.status;
         tasks.spawn(async move {
-            let client = reqwest::Client::builder()
+            let client = common::plain_client_builder()
                 .no_proxy()
                 .build()
                 .expect("client");
@@ -184,7 +184,7 @@ async fn a_burst_of_rechecks_never_exceeds_the_api_budget() {
     );
     let status = sidecar.status;
     let burst = tokio::spawn(async move {
-        let client = reqwest::Client::builder()
+        let client = common::plain_client_builder()
             .no_proxy()
             .build()
             .expect("client");
@@ -267,7 +267,7 @@ async fn reverification_re_adds_an_ip_removed_in_the_web_ui() {
     let env = sidecar_env(&emu, &[("SENDSMS_REVERIFY_INTERVAL", "1s")]);
     let sidecar = Sidecar::start(&env).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
-    let client = reqwest::Client::builder()
+    let client = common::plain_client_builder()
         .no_proxy()
         .build()
         .expect("client");

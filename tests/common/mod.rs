@@ -78,7 +78,11 @@ impl Emulator {
     }
 
     pub async fn state(&self) -> Value {
-        let body = reqwest::get(self.url("/_emulator/state"))
+        let body = plain_client_builder()
+            .build()
+            .expect("client")
+            .get(self.url("/_emulator/state"))
+            .send()
             .await
             .expect("state request")
             .bytes()
@@ -109,7 +113,7 @@ impl Emulator {
 
     /// Calls the API as a client bound to `from`, the way another host would.
     pub async fn call_from(&self, from: IpAddr, params: &[(&str, &str)]) -> Value {
-        let client = reqwest::Client::builder()
+        let client = plain_client_builder()
             .local_address(from)
             .no_proxy()
             .build()
@@ -366,10 +370,7 @@ impl Sidecar {
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str) -> (u16, String) {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
+        let client = plain_client_builder().no_proxy().build().expect("client");
         match client
             .request(method, format!("http://{}{path}", self.status))
             .timeout(Duration::from_secs(30))
@@ -536,4 +537,8 @@ impl SwitchableEcho {
     pub fn switch_to(&self, ip: &str) {
         *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = ip.to_owned();
     }
+/// `reqwest::Client::builder()`, after the crypto provider the binary uses is installed.
+pub fn plain_client_builder() -> reqwest::ClientBuilder {
+    sendsms_whitelister::http::install_crypto_provider();
+    reqwest::Client::builder()
 }
