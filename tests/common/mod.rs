@@ -537,6 +537,8 @@ impl SwitchableEcho {
     pub fn switch_to(&self, ip: &str) {
         *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = ip.to_owned();
     }
+}
+
 /// `reqwest::Client::builder()`, after the crypto provider the binary uses is installed.
 pub fn plain_client_builder() -> reqwest::ClientBuilder {
     sendsms_whitelister::http::install_crypto_provider();
