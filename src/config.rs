@@ -770,7 +770,7 @@ mod tests {
         ));
         assert!(matches!(
             with("file:/var/lib/fleet").expect("valid").coordination,
-            Coordination::File(dir) if dir == "/var/lib/fleet"
+            Coordination::File(dir) if dir == std::path::Path::new("/var/lib/fleet")
         ));
         let redis = with("rediss://:hunter2pw@cache.internal:6380/3").expect("valid");
         let shown = format!("{:?}", redis.coordination);
