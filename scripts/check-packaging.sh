@@ -201,12 +201,7 @@ def helm_checks(helm: str) -> None:
             docs = [d for d in yaml.safe_load_all(r.stdout) if d]
             require([d["kind"] for d in docs] == ["Deployment"], f"rendered {[d['kind'] for d in docs]}")
             for doc in docs:
-                for v in versions:
-                    try:
-                        kv.validate(doc, v, strict=True)
-                    except kv.ValidationError as e:
-                        path = ".".join(str(p) for p in e.path)
-                        raise CheckFailed(f"{doc['kind']} invalid against {v}: {path}: {e.message}")
+                pc.validate_manifest(doc, versions, doc["kind"])
                 for pod in pc.all_pod_specs(doc):
                     shape = pc.assert_pod(pod, native, expect_pod, doc["kind"])
                     assert_coordination(pod, native, expect, doc["kind"])
@@ -256,26 +251,11 @@ def helm_checks(helm: str) -> None:
 
 
 def compose_checks() -> None:
-    import compose_spec
-
     files = ("compose.fleet-file.yaml", "compose.fleet-redis.yaml")
     raw_text = {f: (pc.COMPOSE / f).read_text() for f in files}
     loaded: dict[str, dict] = {}
-
-    for fname in files:
-
-        @check(f"compose spec: {fname} parses and validates (compose-spec, strict keys)")
-        def _():
-            raw = yaml.safe_load(raw_text[fname])
-            doc = pc.interpolate({k: v for k, v in raw.items() if not k.startswith("x-")})
-            compose_spec.PyCompose.from_yaml(yaml.safe_dump(doc))
-            loaded[fname] = doc
-            return f"{len(doc['services'])} services"
-
-    def hardened(svc: dict, name: str) -> None:
-        require(svc.get("read_only") is True, f"{name}: read_only is not true")
-        require(svc.get("cap_drop") == ["ALL"], f"{name}: cap_drop is not [ALL]")
-        require("no-new-privileges:true" in svc.get("security_opt", []), f"{name}: no-new-privileges missing")
+    pc.load_compose_files({f: pc.COMPOSE / f for f in files}, loaded)
+    hardened = pc.hardened
 
     def members(doc: dict) -> dict:
         """The sidecars, each checked like compose.yaml's, and their apps; returns their shared env."""

@@ -124,6 +124,20 @@ def cmd_dockerfile() -> None:
 # Helm
 
 
+def validate_manifest(doc: dict, versions: list[str], label: str) -> None:
+    """kubernetes-validate --strict against each Kubernetes version; a missing schema fails too."""
+    import kubernetes_validate as kv
+
+    for v in versions:
+        try:
+            kv.validate(doc, v, strict=True)
+        except kv.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            raise CheckFailed(f"{label} invalid against {v}: {path}: {e.message}")
+        except kv.SchemaNotFoundError as e:
+            raise CheckFailed(f"no schema, not validated: {e.message}")
+
+
 def all_pod_specs(doc: dict) -> list[dict]:
     spec = doc.get("spec") or {}
     if doc["kind"] == "Pod":
@@ -263,14 +277,7 @@ def cmd_helm(helm: str) -> None:
                 require(spec["selector"]["matchLabels"] and spec["endpoints"][0]["port"], "ServiceMonitor spec")
                 seen.append(f"{kind} (CRD, structural check)")
                 continue
-            for v in versions:
-                try:
-                    kv.validate(doc, v, strict=True)
-                except kv.ValidationError as e:
-                    path = ".".join(str(p) for p in e.path)
-                    raise CheckFailed(f"{kind}/{doc['metadata']['name']} invalid against {v}: {path}: {e.message}")
-                except kv.SchemaNotFoundError as e:
-                    raise CheckFailed(f"no schema, not validated: {e.message}")
+            validate_manifest(doc, versions, f"{kind}/{doc['metadata']['name']}")
             seen.append(f"{kind}/{doc['metadata']['name']}")
         return seen
 
@@ -431,11 +438,9 @@ def interpolate(value):
     return value
 
 
-def cmd_compose() -> None:
+def load_compose_files(files: dict[str, Path], loaded: dict[str, dict]) -> None:
+    """One check per file: it parses and validates against the compose spec; `loaded` gets it."""
     import compose_spec
-
-    files = {f: COMPOSE / f for f in ("compose.yaml", "compose.once.yaml", "compose.demo.yaml")}
-    loaded: dict[str, dict] = {}
 
     for fname, path in files.items():
 
@@ -447,10 +452,18 @@ def cmd_compose() -> None:
             loaded[fname] = doc
             return f"{len(doc['services'])} services"
 
-    def hardened(svc: dict, name: str) -> None:
-        require(svc.get("read_only") is True, f"{name}: read_only is not true")
-        require(svc.get("cap_drop") == ["ALL"], f"{name}: cap_drop is not [ALL]")
-        require("no-new-privileges:true" in svc.get("security_opt", []), f"{name}: no-new-privileges missing")
+
+def hardened(svc: dict, name: str) -> None:
+    require(svc.get("read_only") is True, f"{name}: read_only is not true")
+    require(svc.get("cap_drop") == ["ALL"], f"{name}: cap_drop is not [ALL]")
+    require("no-new-privileges:true" in svc.get("security_opt", []), f"{name}: no-new-privileges missing")
+
+
+def cmd_compose() -> None:
+    files = {f: COMPOSE / f for f in ("compose.yaml", "compose.once.yaml", "compose.demo.yaml")}
+    loaded: dict[str, dict] = {}
+
+    load_compose_files(files, loaded)
 
     def uses_secret_file(doc: dict, svc: dict, name: str) -> None:
         env = svc.get("environment", {})

@@ -159,17 +159,7 @@ impl RedisStore {
         member: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let key = self.key("lease", ip);
-        let holder: String = self
-            .run(async |c| {
-                self.try_lease
-                    .key(&key)
-                    .arg(member)
-                    .arg(millis(ttl))
-                    .invoke_async(c)
-                    .await
-            })
-            .await?;
+        let holder: String = self.lease_script(&self.try_lease, ip, member, ttl).await?;
         Ok((!holder.is_empty()).then_some(holder))
     }
 
@@ -179,18 +169,30 @@ impl RedisStore {
         member: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.key("lease", ip);
         let renewed: i64 = self
-            .run(async |c| {
-                self.renew_lease
-                    .key(&key)
-                    .arg(member)
-                    .arg(millis(ttl))
-                    .invoke_async(c)
-                    .await
-            })
+            .lease_script(&self.renew_lease, ip, member, ttl)
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// A lease script: the lease key, then the member and the time to live as arguments.
+    async fn lease_script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        ip: IpAddr,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<T, StoreError> {
+        let key = self.key("lease", ip);
+        self.run(async |c| {
+            script
+                .key(&key)
+                .arg(member)
+                .arg(millis(ttl))
+                .invoke_async(c)
+                .await
+        })
+        .await
     }
 
     pub async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
