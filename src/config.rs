@@ -71,34 +71,45 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// A proxy URL may carry `user:password@`; only scheme, host and port are ever shown.
+/// A URL that may carry `user:password@` (a proxy, a Redis server): only scheme, host, port and
+/// path are ever shown.
 #[derive(Clone)]
-pub struct ProxyUrl(SecretString);
+pub struct SecretUrl(SecretString);
 
-impl ProxyUrl {
+/// The bootstrap proxy.
+pub type ProxyUrl = SecretUrl;
+/// The coordination store.
+pub type RedisUrl = SecretUrl;
+
+impl SecretUrl {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
 }
 
-impl std::fmt::Display for ProxyUrl {
+impl std::fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match Url::parse(self.expose()) {
-            Ok(url) => write!(
-                f,
-                "{}://{}:{}",
-                url.scheme(),
-                url.host_str().unwrap_or("?"),
-                url.port_or_known_default().unwrap_or(0)
-            ),
-            Err(_) => f.write_str("[proxy]"),
-        }
+        let Ok(url) = Url::parse(self.expose()) else {
+            return f.write_str("[url]");
+        };
+        let default_port = match url.scheme() {
+            "redis" | "rediss" => 6379,
+            _ => 0,
+        };
+        write!(
+            f,
+            "{}://{}:{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or("?"),
+            url.port_or_known_default().unwrap_or(default_port),
+            url.path().trim_end_matches('/')
+        )
     }
 }
 
-impl std::fmt::Debug for ProxyUrl {
+impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ProxyUrl({self})")
+        write!(f, "SecretUrl({self})")
     }
 }
 
@@ -182,39 +193,6 @@ impl Coordination {
             Coordination::File(_) => "file",
             Coordination::Redis(_) => "redis",
         }
-    }
-}
-
-/// A `redis://` or `rediss://` URL; it may carry a password, so only scheme, host, port and
-/// database are ever shown.
-#[derive(Clone)]
-pub struct RedisUrl(SecretString);
-
-impl RedisUrl {
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl std::fmt::Display for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match Url::parse(self.expose()) {
-            Ok(url) => write!(
-                f,
-                "{}://{}:{}{}",
-                url.scheme(),
-                url.host_str().unwrap_or("?"),
-                url.port().unwrap_or(6379),
-                url.path()
-            ),
-            Err(_) => f.write_str("[redis]"),
-        }
-    }
-}
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RedisUrl({self})")
     }
 }
 
@@ -469,7 +447,7 @@ fn parse_coordination(value: Option<String>) -> Result<Coordination, ConfigError
             COORDINATION_EXPECTED,
         ));
     }
-    Ok(Coordination::Redis(RedisUrl(SecretString::from(text))))
+    Ok(Coordination::Redis(SecretUrl(SecretString::from(text))))
 }
 
 /// `SENDSMS_LISTEN`, also read alone by `health`, which needs nothing else.
@@ -609,7 +587,7 @@ fn parse_proxy(value: String) -> Result<ProxyUrl, ConfigError> {
             expected,
         ));
     }
-    Ok(ProxyUrl(SecretString::from(value.trim().to_owned())))
+    Ok(SecretUrl(SecretString::from(value.trim().to_owned())))
 }
 
 fn parse_providers(list: &str) -> Result<Vec<ProviderSpec>, ConfigError> {
