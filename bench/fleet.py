@@ -23,10 +23,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BIN", os.path.join(ROOT, "target/release/sendsms-whitelister"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count):
+    """Distinct free ports: every socket stays bound until all are chosen, so none repeats."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def get(port, path, timeout=2.0):
@@ -67,12 +75,13 @@ def main():
 
     children = []
     work = tempfile.mkdtemp(prefix="fleet-bench-")
+    ports = free_ports(args.size + 2)
     try:
         coordination = "none"
         if args.mode == "redis":
             if not shutil.which("redis-server"):
                 sys.exit("redis-server is not installed")
-            redis_port = free_port()
+            redis_port = ports.pop()
             children.append(subprocess.Popen(
                 ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -81,7 +90,7 @@ def main():
         elif args.mode == "file":
             coordination = f"file:{work}/coordination"
 
-        api_port = free_port()
+        api_port = ports.pop()
         emulator = subprocess.Popen(
             [BIN, "emulator", "--listen", f"127.0.0.1:{api_port}", "--dns-listen",
              f"127.0.0.1:{api_port}", "--username", "fleet", "--default-key", "fleet-key",
@@ -104,12 +113,14 @@ def main():
             "SENDSMS_LOG_FORMAT": "json",
             "RUST_LOG": "warn",
         }
-        ports = [free_port() for _ in range(args.size)]
         started = time.time()
+        ports = ports[: args.size]
+        logs = {}
         for port in ports:
+            logs[port] = open(f"{work}/member-{port}.log", "wb")
             children.append(subprocess.Popen(
-                [BIN, "run"], env={**env, "SENDSMS_LISTEN": f"127.0.0.1:{port}"},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                [BIN, "run"], env={**env, "SENDSMS_LISTEN": f"127.0.0.1:{port}", "RUST_LOG": "info"},
+                stdout=logs[port], stderr=subprocess.STDOUT))
 
         ready_at = {}
         samples = []  # (seconds since start, sendSMS calls so far)
@@ -143,6 +154,12 @@ def main():
             "throttled_calls": state.get("rate_limited_requests"),
         }
         print(json.dumps(result))
+        for port in ports:
+            if port not in ready_at:
+                with open(f"{work}/member-{port}.log", "rb") as log:
+                    tail = log.read().decode(errors="replace").splitlines()[-6:]
+                print(f"member on port {port} never ready; its last lines:", *tail, sep="\n  ",
+                      file=sys.stderr)
     finally:
         for child in children:
             child.kill()

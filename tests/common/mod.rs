@@ -229,11 +229,21 @@ pub fn require_tool(name: &str) -> Option<std::path::PathBuf> {
 }
 
 /// A free TCP port on loopback (the tiny race with another process taking it is acceptable in tests).
+/// Never the same port twice in one test binary: the kernel may hand a just-closed port out
+/// again, and a fleet of 100 sidecars would then collide with itself.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub async fn wait_for_port(addr: SocketAddr) {
