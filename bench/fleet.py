@@ -24,17 +24,24 @@ BIN = os.environ.get("BIN", os.path.join(ROOT, "target/release/sendsms-whitelist
 
 
 def free_ports(count):
-    """Distinct free ports: every socket stays bound until all are chosen, so none repeats."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Distinct free ports below the kernel's ephemeral range: a port it hands out could be taken
+    by one of the fleet's own outgoing connections before the member listening on it binds."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        high = int(f.read().split()[0])
+    low = 10000
+    port = low + os.getpid() % (high - low)
+    ports = []
+    for _ in range(high - low):
+        port = low if port + 1 >= high else port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    sys.exit("not enough free ports")
 
 
 def get(port, path, timeout=2.0):

@@ -331,18 +331,21 @@ impl Coordinator {
         let started = Instant::now();
         let mut poll = POLL_MIN;
         loop {
-            match self.observe(self.store.read_verified(ip).await) {
-                Ok(Some(record)) if record.ip == ip && record.verified_at_ms >= not_before_ms => {
-                    self.metrics.records_read.inc();
-                    self.lock().records_read += 1;
-                    tracing::info!(%ip, by = %record.by, "verified by another member of the fleet");
-                    return Ok(Proof::Peer(record));
-                }
-                Ok(_) => {}
+            match self.fresh_record(ip, not_before_ms).await {
+                Ok(Some(record)) => return Ok(Proof::Peer(record)),
+                Ok(None) => {}
                 Err(_) => return self.alone(ip, reconciler).await,
             }
             match self.observe(self.store.try_lease(ip, &self.member, self.lease_ttl).await) {
-                Ok(None) => return self.lead(ip, reconciler).await,
+                Ok(None) => {
+                    // The previous holder may have written its record and let go between our
+                    // read and our lease: look again before spending any call.
+                    if let Ok(Some(record)) = self.fresh_record(ip, not_before_ms).await {
+                        let _ = self.observe(self.store.release_lease(ip, &self.member).await);
+                        return Ok(Proof::Peer(record));
+                    }
+                    return self.lead(ip, reconciler).await;
+                }
                 Ok(Some(holder)) => {
                     if self.lock().lease_holder.as_ref() != Some(&holder) {
                         tracing::info!(%ip, %holder, "another member is whitelisting; waiting for its record");
@@ -361,6 +364,23 @@ impl Coordinator {
             tokio::time::sleep(jitter(poll)).await;
             poll = (poll * 2).min(POLL_MAX);
         }
+    }
+
+    /// A record for `ip` written at or after `not_before_ms`, counted when found.
+    async fn fresh_record(
+        &self,
+        ip: IpAddr,
+        not_before_ms: u64,
+    ) -> Result<Option<Record>, StoreError> {
+        let record = self
+            .observe(self.store.read_verified(ip).await)?
+            .filter(|r| r.ip == ip && r.verified_at_ms >= not_before_ms);
+        if let Some(record) = &record {
+            self.metrics.records_read.inc();
+            self.lock().records_read += 1;
+            tracing::info!(%ip, by = %record.by, "verified by another member of the fleet");
+        }
+        Ok(record)
     }
 
     /// The store failed: today's uncoordinated behaviour, under the local budget.

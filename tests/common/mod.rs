@@ -229,21 +229,29 @@ pub fn require_tool(name: &str) -> Option<std::path::PathBuf> {
 }
 
 /// A free TCP port on loopback (the tiny race with another process taking it is acceptable in tests).
-/// Never the same port twice in one test binary: the kernel may hand a just-closed port out
-/// again, and a fleet of 100 sidecars would then collide with itself.
+/// A free loopback port below the kernel's ephemeral range, never the same twice in one test
+/// binary: a port the kernel handed out could be taken by any outgoing connection (of a fleet
+/// of 100 sidecars, say) before the test's listener binds it.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        if !given.contains(&port) {
-            given.push(port);
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_100));
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    if *next == 0 {
+        // Test binaries running side by side start far apart.
+        *next = low + (std::process::id() % u32::from(high - low)) as u16;
+    }
+    for _ in low..high {
+        let port = *next;
+        *next = if port + 1 >= high { low } else { port + 1 };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port between {low} and {high}");
 }
 
 pub async fn wait_for_port(addr: SocketAddr) {
