@@ -82,6 +82,10 @@ pub type ProxyUrl = SecretUrl;
 pub type RedisUrl = SecretUrl;
 
 impl SecretUrl {
+    pub fn from_secret(value: SecretString) -> Self {
+        SecretUrl(value)
+    }
+
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }

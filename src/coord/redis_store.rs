@@ -234,3 +234,143 @@ impl RedisStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    /// A throwaway redis-server on a free port; None (said loudly) where it is not installed,
+    /// a failure in CI.
+    fn redis_server() -> Option<(std::process::Child, u16)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        match std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => Some((child, port)),
+            Err(e) => {
+                assert!(std::env::var_os("CI").is_none(), "redis-server: {e}");
+                eprintln!("NOT RUN: redis-server is not installed ({e})");
+                None
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_scripts_keep_one_lease_holder_and_a_sliding_budget() {
+        let Some((mut server, port)) = redis_server() else {
+            return;
+        };
+        let url = crate::config::SecretUrl::from_secret(SecretString::from(format!(
+            "redis://127.0.0.1:{port}/0"
+        )));
+        let scope = Scope {
+            username: "alice".into(),
+            fingerprint: "0123".into(),
+        };
+        let store = RedisStore::new(&url, &scope, Duration::from_secs(3)).expect("store");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ip: IpAddr = "203.0.113.9".parse().expect("ip");
+        let ttl = Duration::from_secs(30);
+        assert_eq!(store.try_lease(ip, "a", ttl).await.expect("lease"), None);
+        assert_eq!(
+            store.try_lease(ip, "a", ttl).await.expect("lease"),
+            None,
+            "re-entrant"
+        );
+        assert_eq!(
+            store.try_lease(ip, "b", ttl).await.expect("lease"),
+            Some("a".into())
+        );
+        assert!(!store.renew_lease(ip, "b", ttl).await.expect("renew"));
+        assert!(store.renew_lease(ip, "a", ttl).await.expect("renew"));
+        store.release_lease(ip, "b").await.expect("release");
+        assert_eq!(
+            store.try_lease(ip, "b", ttl).await.expect("lease"),
+            Some("a".into()),
+            "only the holder releases"
+        );
+        store.release_lease(ip, "a").await.expect("release");
+        assert_eq!(store.try_lease(ip, "b", ttl).await.expect("lease"), None);
+        assert_eq!(
+            store
+                .try_lease(ip, "c", Duration::from_millis(1))
+                .await
+                .expect("lease"),
+            Some("b".into())
+        );
+
+        let record = Record {
+            ip,
+            verified_at_ms: 1,
+            by: "b".into(),
+        };
+        assert_eq!(store.read_verified(ip).await.expect("read"), None);
+        store.write_verified(&record, ttl).await.expect("write");
+        assert_eq!(store.read_verified(ip).await.expect("read"), Some(record));
+
+        let window = Duration::from_secs(60);
+        assert_eq!(
+            store.take_budget(2, window, "t1").await.expect("budget"),
+            None
+        );
+        assert_eq!(
+            store.take_budget(2, window, "t2").await.expect("budget"),
+            None
+        );
+        let wait = store.take_budget(2, window, "t3").await.expect("budget");
+        assert!(
+            wait.is_some_and(|w| w > Duration::from_secs(55)),
+            "{wait:?}"
+        );
+        let short = Duration::from_millis(200);
+        let other = Scope {
+            username: "bob".into(),
+            fingerprint: "4567".into(),
+        };
+        let bob = RedisStore::new(&url, &other, Duration::from_secs(3)).expect("store");
+        assert_eq!(
+            bob.take_budget(1, short, "t").await.expect("budget"),
+            None,
+            "scoped"
+        );
+        assert!(
+            bob.take_budget(1, short, "u")
+                .await
+                .expect("budget")
+                .is_some()
+        );
+        tokio::time::sleep(short).await;
+        assert_eq!(
+            bob.take_budget(1, short, "v").await.expect("budget"),
+            None,
+            "slides"
+        );
+
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(
+            store.ping().await.is_err(),
+            "a dead server is an error, not a hang"
+        );
+    }
+}
