@@ -208,6 +208,28 @@ impl Reconciler {
         };
 
         let direct = self.direct(ip);
+        let first_read = match first_read {
+            // Throttled or unanswered, the read says nothing about the whitelist: ask again
+            // rather than spend a write (and its proof) on an address that may be listed.
+            Err(e) if matches!(direct.class_of(&e), Class::RateLimited | Class::Transient) => {
+                tracing::info!(%ip, cause = %e, "no answer about the whitelist yet; reading again");
+                match self
+                    .with_backoff(deadline, async || match direct.list_ips().await {
+                        Ok(whitelist) => Attempt::Done(Ok(whitelist)),
+                        Err(e) if direct.class_of(&e) == Class::AuthRefused => {
+                            Attempt::Done(Err(e))
+                        }
+                        Err(e) => self.retry_or_stop(direct, e),
+                    })
+                    .await
+                {
+                    Ok(read) => read,
+                    Err(Exhausted::Stopped(e)) => Err(e),
+                    Err(Exhausted::OutOfTime { .. }) => Err(e),
+                }
+            }
+            read => read,
+        };
         match first_read {
             Ok(whitelist) if whitelist.covers(ip) => {
                 tracing::info!(%ip, "already whitelisted; the key works from this host");

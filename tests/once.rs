@@ -321,3 +321,28 @@ async fn loopback_is_refused_unless_non_public_addresses_are_allowed() {
     assert_eq!(once.code, 3, "{once:?}");
     assert!(once.stderr.contains("loopback"), "{once:?}");
 }
+
+#[tokio::test]
+async fn a_throttled_first_read_is_read_again_not_answered_with_a_write() {
+    // Every call is throttled for the first two seconds; the address is already listed.
+    let emu = Emulator::start(&[
+        "--allow",
+        "127.0.0.1",
+        "--allow",
+        "127.0.0.2",
+        "--rate-limit",
+        "0",
+        "--rate-limited-for",
+        "2000",
+    ])
+    .await;
+    let env = with(emu.env(), &[("SENDSMS_BOOTSTRAP_BIND", "127.0.0.2")]);
+    let once = run(&["once"], &env).await;
+    assert_eq!(once.code, 0, "{once:?}");
+    assert!(once.stdout.contains("already whitelisted"), "{once:?}");
+    assert_eq!(
+        emu.requests(0, "token_add_ip").await,
+        (0, 0),
+        "nothing written for a listed address"
+    );
+}
