@@ -247,52 +247,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_lease_holder_records_and_budget() {
+    async fn keeps_the_store_contract_in_files_named_by_scope() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(dir.path());
-        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
-        let ttl = Duration::from_secs(30);
-        assert_eq!(s.try_lease(ip, "a", ttl).await.expect("lease"), None);
-        assert_eq!(
-            s.try_lease(ip, "b", ttl).await.expect("lease"),
-            Some("a".into())
-        );
-        assert!(!s.renew_lease(ip, "b", ttl).await.expect("renew"));
-        assert!(s.renew_lease(ip, "a", ttl).await.expect("renew"));
-        s.release_lease(ip, "b").await.expect("release");
-        assert_eq!(
-            s.try_lease(ip, "b", ttl).await.expect("lease"),
-            Some("a".into()),
-            "only the holder releases"
-        );
-        s.release_lease(ip, "a").await.expect("release");
-        assert_eq!(s.try_lease(ip, "b", ttl).await.expect("lease"), None);
-
-        assert_eq!(s.read_verified(ip).await.expect("read"), None);
-        let record = Record {
-            ip,
-            verified_at_ms: unix_now_ms(),
-            by: "b".into(),
-        };
-        s.write_verified(&record, ttl).await.expect("write");
-        assert_eq!(
-            s.read_verified(ip).await.expect("read"),
-            Some(record.clone())
-        );
-        s.write_verified(&record, Duration::from_millis(1))
-            .await
-            .expect("write");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(s.read_verified(ip).await.expect("read"), None, "expired");
-
-        let window = Duration::from_secs(60);
-        assert_eq!(s.take_budget(2, window, "t").await.expect("budget"), None);
-        assert_eq!(s.take_budget(2, window, "t").await.expect("budget"), None);
-        let wait = s.take_budget(2, window, "t").await.expect("budget");
-        assert!(
-            wait.is_some_and(|w| w > Duration::from_secs(50)),
-            "{wait:?}"
-        );
+        super::super::assert_store_contract(super::super::Store::File(store(dir.path()))).await;
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("dir")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())

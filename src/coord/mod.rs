@@ -459,6 +459,82 @@ fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(0.5 + rand::random::<f64>())
 }
 
+/// What every store must do, checked against each backend by its own tests.
+#[cfg(test)]
+async fn assert_store_contract(store: Store) {
+    let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+    let ttl = Duration::from_secs(30);
+    assert_eq!(store.try_lease(ip, "a", ttl).await.expect("lease"), None);
+    assert_eq!(
+        store.try_lease(ip, "a", ttl).await.expect("lease"),
+        None,
+        "re-entrant"
+    );
+    assert_eq!(
+        store.try_lease(ip, "b", ttl).await.expect("lease"),
+        Some("a".into())
+    );
+    assert!(!store.renew_lease(ip, "b", ttl).await.expect("renew"));
+    assert!(store.renew_lease(ip, "a", ttl).await.expect("renew"));
+    store.release_lease(ip, "b").await.expect("release");
+    assert_eq!(
+        store.try_lease(ip, "b", ttl).await.expect("lease"),
+        Some("a".into()),
+        "only the holder releases"
+    );
+    store.release_lease(ip, "a").await.expect("release");
+    assert_eq!(store.try_lease(ip, "b", ttl).await.expect("lease"), None);
+
+    assert_eq!(store.read_verified(ip).await.expect("read"), None);
+    let record = Record {
+        ip,
+        verified_at_ms: unix_now_ms(),
+        by: "b".into(),
+    };
+    store.write_verified(&record, ttl).await.expect("write");
+    assert_eq!(
+        store.read_verified(ip).await.expect("read"),
+        Some(record.clone())
+    );
+    store
+        .write_verified(&record, Duration::from_millis(5))
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        store.read_verified(ip).await.expect("read"),
+        None,
+        "expired"
+    );
+
+    let window = Duration::from_secs(60);
+    assert_eq!(
+        store.take_budget(2, window, "t1").await.expect("budget"),
+        None
+    );
+    assert_eq!(
+        store.take_budget(2, window, "t2").await.expect("budget"),
+        None
+    );
+    let wait = store.take_budget(2, window, "t3").await.expect("budget");
+    assert!(
+        wait.is_some_and(|w| w > Duration::from_secs(50)),
+        "{wait:?}"
+    );
+    let short = Duration::from_millis(200);
+    let other: IpAddr = "203.0.113.8".parse().expect("ip");
+    assert_eq!(
+        store.try_lease(other, "c", short).await.expect("lease"),
+        None
+    );
+    tokio::time::sleep(short + Duration::from_millis(50)).await;
+    assert_eq!(
+        store.try_lease(other, "d", ttl).await.expect("lease"),
+        None,
+        "an expired lease is free"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

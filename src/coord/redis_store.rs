@@ -269,7 +269,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_scripts_keep_one_lease_holder_and_a_sliding_budget() {
+    async fn keeps_the_store_contract_with_a_budget_scoped_per_key() {
         let Some((mut server, port)) = redis_server() else {
             return;
         };
@@ -289,59 +289,11 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let ip: IpAddr = "203.0.113.9".parse().expect("ip");
-        let ttl = Duration::from_secs(30);
-        assert_eq!(store.try_lease(ip, "a", ttl).await.expect("lease"), None);
-        assert_eq!(
-            store.try_lease(ip, "a", ttl).await.expect("lease"),
-            None,
-            "re-entrant"
-        );
-        assert_eq!(
-            store.try_lease(ip, "b", ttl).await.expect("lease"),
-            Some("a".into())
-        );
-        assert!(!store.renew_lease(ip, "b", ttl).await.expect("renew"));
-        assert!(store.renew_lease(ip, "a", ttl).await.expect("renew"));
-        store.release_lease(ip, "b").await.expect("release");
-        assert_eq!(
-            store.try_lease(ip, "b", ttl).await.expect("lease"),
-            Some("a".into()),
-            "only the holder releases"
-        );
-        store.release_lease(ip, "a").await.expect("release");
-        assert_eq!(store.try_lease(ip, "b", ttl).await.expect("lease"), None);
-        assert_eq!(
-            store
-                .try_lease(ip, "c", Duration::from_millis(1))
-                .await
-                .expect("lease"),
-            Some("b".into())
-        );
+        super::super::assert_store_contract(super::super::Store::Redis(Box::new(
+            RedisStore::new(&url, &scope, Duration::from_secs(3)).expect("store"),
+        )))
+        .await;
 
-        let record = Record {
-            ip,
-            verified_at_ms: 1,
-            by: "b".into(),
-        };
-        assert_eq!(store.read_verified(ip).await.expect("read"), None);
-        store.write_verified(&record, ttl).await.expect("write");
-        assert_eq!(store.read_verified(ip).await.expect("read"), Some(record));
-
-        let window = Duration::from_secs(60);
-        assert_eq!(
-            store.take_budget(2, window, "t1").await.expect("budget"),
-            None
-        );
-        assert_eq!(
-            store.take_budget(2, window, "t2").await.expect("budget"),
-            None
-        );
-        let wait = store.take_budget(2, window, "t3").await.expect("budget");
-        assert!(
-            wait.is_some_and(|w| w > Duration::from_secs(55)),
-            "{wait:?}"
-        );
         let short = Duration::from_millis(200);
         let other = Scope {
             username: "bob".into(),
