@@ -588,6 +588,10 @@ pub async fn run_until_signal(config: Config) -> Result<crate::cli::Exit, crate:
     }));
     tracing::info!(%listen, "status server listening");
     sidecar.run(rechecks, shutdown_signal()).await;
+    if let Some(coordinator) = &shared.coordinator {
+        // Bounded: a store that does not answer must not hold up the exit.
+        let _ = tokio::time::timeout(Duration::from_secs(2), coordinator.hand_back()).await;
+    }
     let _ = stop_server.send(());
     // In-flight status requests get a moment; the process exits regardless.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

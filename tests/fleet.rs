@@ -57,6 +57,20 @@ async fn sum_counter(fleet: &[Sidecar], name: &str) -> u64 {
     total
 }
 
+/// The member that took the whitelist lease, as soon as one has.
+async fn lease_holder(fleet: &[Sidecar]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (index, member) in fleet.iter().enumerate() {
+            if counter(&member.status().await, "leases_taken") > 0 {
+                return index;
+            }
+        }
+        assert!(Instant::now() < deadline, "nobody took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn token_calls(emu: &Emulator) -> (u64, u64) {
     let state = emu.state().await;
     (
@@ -159,20 +173,7 @@ async fn when_the_lease_holder_is_killed_mid_verify_another_member_finishes() {
         &[("SENDSMS_COORDINATION_LEASE", "2s")],
     );
     let mut fleet = start_fleet(5, &env).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let holder = loop {
-        let mut found = None;
-        for (index, member) in fleet.iter().enumerate() {
-            if counter(&member.status().await, "leases_taken") > 0 {
-                found = Some(index);
-            }
-        }
-        if let Some(index) = found {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "nobody took the lease");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let holder = lease_holder(&fleet).await;
     assert!(
         !fleet[holder].ready().await,
         "the holder is still verifying"
@@ -190,6 +191,37 @@ async fn when_the_lease_holder_is_killed_mid_verify_another_member_finishes() {
     let (_, throttled) = token_calls(&emu).await;
     assert_eq!(throttled, 0);
     drop(killed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_holder_stopped_by_sigterm_hands_the_lease_back() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // No call budget in the way: the proofs during propagation are not what is tested here.
+    let emu = Emulator::bastioned(&["--propagation-delay", "3000"]).await;
+    // A lease far longer than the wait below: only a handed-back lease lets the others on.
+    let env = with(
+        member_env(&emu, &redis.url()),
+        &[
+            ("SENDSMS_COORDINATION_LEASE", "120s"),
+            ("SENDSMS_API_BUDGET", "600"),
+        ],
+    );
+    let mut fleet = start_fleet(3, &env).await;
+    let holder = lease_holder(&fleet).await;
+    assert!(
+        !fleet[holder].ready().await,
+        "the holder is still verifying"
+    );
+    let (code, _) = fleet.remove(holder).terminate().await;
+    assert_eq!(code, 0);
+    all_ready(&fleet, Instant::now(), Duration::from_secs(30)).await;
+    assert_eq!(
+        sum_counter(&fleet, "leases_taken").await,
+        1,
+        "a survivor took over"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -212,6 +212,8 @@ pub struct Coordinator {
     wait_limit: Duration,
     status: Mutex<CoordinationStatus>,
     metrics: CoordinationMetrics,
+    /// The IP whose lease this member holds right now, so a shutdown can hand it back.
+    holding: Mutex<Option<IpAddr>>,
 }
 
 const POLL_MIN: Duration = Duration::from_millis(100);
@@ -257,6 +259,7 @@ impl Coordinator {
             }),
             member,
             metrics,
+            holding: Mutex::new(None),
         })))
     }
 
@@ -341,7 +344,7 @@ impl Coordinator {
                     // The previous holder may have written its record and let go between our
                     // read and our lease: look again before spending any call.
                     if let Ok(Some(record)) = self.fresh_record(ip, not_before_ms).await {
-                        let _ = self.observe(self.store.release_lease(ip, &self.member).await);
+                        self.release(ip).await;
                         return Ok(Proof::Peer(record));
                     }
                     return self.lead(ip, reconciler).await;
@@ -398,6 +401,7 @@ impl Coordinator {
             status.lease_holder = Some(self.member.clone());
         }
         tracing::info!(%ip, member = %self.member, "took the whitelist lease");
+        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = Some(ip);
         let ensure = reconciler.ensure(ip);
         tokio::pin!(ensure);
         let result = loop {
@@ -422,12 +426,27 @@ impl Coordinator {
                 self.lock().records_written += 1;
             }
         }
-        let _ = self.observe(self.store.release_lease(ip, &self.member).await);
+        self.release(ip).await;
         result.map(Proof::Own)
     }
 }
 
 impl Coordinator {
+    async fn release(&self, ip: IpAddr) {
+        let _ = self.observe(self.store.release_lease(ip, &self.member).await);
+        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// On shutdown: a lease held mid-work goes back at once, so the next member need not wait
+    /// for it to expire (a rolling update stops the holder as often as any other member).
+    pub async fn hand_back(&self) {
+        let held = *self.holding.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ip) = held {
+            tracing::info!(%ip, "handing the whitelist lease back");
+            self.release(ip).await;
+        }
+    }
+
     async fn renew(&self, ip: IpAddr) {
         if let Ok(false) = self.observe(
             self.store
