@@ -9,7 +9,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use tracing_subscriber::filter::Targets;
 
 use crate::config::{Config, ConfigError, DetectionConfig, LogFormat, utf8_env};
-use crate::coord::{CoordinationMetrics, Coordinator, FleetBudget, Proof};
+use crate::coord::{CoordinationMetrics, Coordinator, FleetBudget, Proof, StoreError};
 use crate::detect::{DetectError, Detection, Detector, Family};
 use crate::emulator::{self, Fault, KeyKind, ListFormat, Settings};
 use crate::reconcile::{CheckReport, ReconcileError, Reconciler};
@@ -57,6 +57,16 @@ impl From<DetectError> for Failure {
         Failure {
             exit: Exit::Detection,
             message: e.to_string(),
+        }
+    }
+}
+
+/// Only building the store can fail before anything runs: an unusable `SENDSMS_COORDINATION`.
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure {
+            exit: Exit::Config,
+            message: format!("SENDSMS_COORDINATION: {e}"),
         }
     }
 }
@@ -426,11 +436,7 @@ async fn detect_all(config: &Config) -> Result<Vec<IpAddr>, Failure> {
 /// `once`: every egress IP whitelisted and verified, or the first failure. Coordinated, it
 /// takes a fleet member's fresh record, or the lease, as `run` does (init containers of a fleet).
 pub async fn once(config: &Config) -> Result<Vec<Proof>, Failure> {
-    let coordinator =
-        Coordinator::from_config(config, CoordinationMetrics::default()).map_err(|e| Failure {
-            exit: Exit::Config,
-            message: format!("SENDSMS_COORDINATION: {e}"),
-        })?;
+    let coordinator = Coordinator::from_config(config, CoordinationMetrics::default())?;
     let observer = coordinator.as_ref().map(|c| {
         let budget: Arc<dyn CallObserver> = Arc::new(FleetBudget {
             coordinator: Arc::clone(c),

@@ -117,26 +117,30 @@ impl Metrics {
             "1 while the coordination store answers; 0 while this member acts alone",
             coordination.store_up.clone(),
         );
-        registry.register(
-            "coordination_records_read",
-            "Fresh verified records of other members that made this one ready without an API call",
-            coordination.records_read.clone(),
-        );
-        registry.register(
-            "coordination_records_written",
-            "Verified records this member shared with the fleet",
-            coordination.records_written.clone(),
-        );
-        registry.register(
-            "coordination_leases",
-            "Whitelist leases this member took",
-            coordination.leases_taken.clone(),
-        );
-        registry.register(
-            "coordination_fallbacks",
-            "Times this member whitelisted alone because the store failed",
-            coordination.fallbacks.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "coordination_records_read",
+                "Fresh verified records of other members that made this one ready without an API call",
+                &coordination.records_read,
+            ),
+            (
+                "coordination_records_written",
+                "Verified records this member shared with the fleet",
+                &coordination.records_written,
+            ),
+            (
+                "coordination_leases",
+                "Whitelist leases this member took",
+                &coordination.leases_taken,
+            ),
+            (
+                "coordination_fallbacks",
+                "Times this member whitelisted alone because the store failed",
+                &coordination.fallbacks,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         self
     }
 

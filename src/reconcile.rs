@@ -213,16 +213,7 @@ impl Reconciler {
             // rather than spend a write (and its proof) on an address that may be listed.
             Err(e) if matches!(direct.class_of(&e), Class::RateLimited | Class::Transient) => {
                 tracing::info!(%ip, cause = %e, "no answer about the whitelist yet; reading again");
-                match self
-                    .with_backoff(deadline, async || match direct.list_ips().await {
-                        Ok(whitelist) => Attempt::Done(Ok(whitelist)),
-                        Err(e) if direct.class_of(&e) == Class::AuthRefused => {
-                            Attempt::Done(Err(e))
-                        }
-                        Err(e) => self.retry_or_stop(direct, e),
-                    })
-                    .await
-                {
+                match self.read_until_answered(direct, deadline).await {
                     Ok(read) => read,
                     Err(Exhausted::Stopped(e)) => Err(e),
                     Err(Exhausted::OutOfTime { .. }) => Err(e),
@@ -313,15 +304,7 @@ impl Reconciler {
     pub async fn check(&self, ip: IpAddr) -> Result<CheckReport, ReconcileError> {
         let started = Instant::now();
         let deadline = started + self.verify_timeout;
-        let listed = self
-            .with_backoff(deadline, async || match self.direct(ip).list_ips().await {
-                Ok(whitelist) => Attempt::Done(Ok(whitelist)),
-                Err(e) if self.direct(ip).class_of(&e) == Class::AuthRefused => {
-                    Attempt::Done(Err(e.to_string()))
-                }
-                Err(e) => self.retry_or_stop(self.direct(ip), e),
-            })
-            .await;
+        let listed = self.read_until_answered(self.direct(ip), deadline).await;
         match listed {
             Ok(Ok(whitelist)) => Ok(CheckReport {
                 ip,
@@ -331,7 +314,7 @@ impl Reconciler {
             Ok(Err(refusal)) => Ok(CheckReport {
                 ip,
                 whitelist: None,
-                refusal: Some(refusal),
+                refusal: Some(refusal.to_string()),
             }),
             Err(Exhausted::Stopped(cause)) => Ok(CheckReport {
                 ip,
@@ -344,6 +327,21 @@ impl Reconciler {
                 cause: last,
             }),
         }
+    }
+
+    /// `token_list_ips` from here until it answers: the whitelist, or a refusal of the key
+    /// (itself an answer); throttling and transient failures are retried until `deadline`.
+    async fn read_until_answered(
+        &self,
+        direct: &Client,
+        deadline: Instant,
+    ) -> Result<Result<Whitelist, ApiError>, Exhausted> {
+        self.with_backoff(deadline, async || match direct.list_ips().await {
+            Ok(whitelist) => Attempt::Done(Ok(whitelist)),
+            Err(e) if direct.class_of(&e) == Class::AuthRefused => Attempt::Done(Err(e)),
+            Err(e) => self.retry_or_stop(direct, e),
+        })
+        .await
     }
 
     fn retry_or_stop<T>(&self, client: &Client, error: ApiError) -> Attempt<T> {

@@ -184,13 +184,7 @@ impl Sidecar {
     ) -> Result<(Self, Arc<Shared>, mpsc::Receiver<RecheckRequest>), crate::cli::Failure> {
         let (recheck, requests) = mpsc::channel(64);
         let metrics = Metrics::default();
-        let coordinator =
-            Coordinator::from_config(&config, metrics.coordination.clone()).map_err(|e| {
-                crate::cli::Failure {
-                    exit: crate::cli::Exit::Config,
-                    message: format!("SENDSMS_COORDINATION: {e}"),
-                }
-            })?;
+        let coordinator = Coordinator::from_config(&config, metrics.coordination.clone())?;
         metrics
             .coordination_mode
             .get_or_create(&ModeLabels {
@@ -198,12 +192,11 @@ impl Sidecar {
             })
             .set(1);
         let families = config.detection.families.len() as u32;
-        // A coordinated member may also wait for a lease holder: two leases past its own verification.
-        let lease_wait = match config.coordination {
-            crate::config::Coordination::None => Duration::ZERO,
-            _ => config.coordination_lease * 2,
-        };
-        let round = config.detection.timeout + config.verify_timeout + lease_wait;
+        // A coordinated member may wait for a lease holder longer than it would verify alone.
+        let verification = coordinator
+            .as_ref()
+            .map_or(config.verify_timeout, |c| c.wait_limit());
+        let round = config.detection.timeout + verification;
         let shared = Arc::new(Shared {
             snapshot: Mutex::new(Snapshot {
                 ready: false,

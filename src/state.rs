@@ -34,10 +34,7 @@ impl VerifiedIp {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    unix_now_ms() / 1000
 }
 
 pub fn unix_now_ms() -> u64 {

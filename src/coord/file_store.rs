@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Record, Scope, StoreError};
+use super::{Record, Scope, StoreError, millis};
 use crate::state::{unix_now_ms, write_atomically};
 
 pub struct FileStore {
@@ -39,10 +39,6 @@ impl<T> Expiring<T> {
     fn live(self) -> Option<T> {
         (self.expires_at_ms > unix_now_ms()).then_some(self.value)
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Held for the length of one operation; the kernel drops it if the process dies.

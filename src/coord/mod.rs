@@ -271,6 +271,11 @@ impl Coordinator {
         self.lock().clone()
     }
 
+    /// The longest `ensure` may wait for another member before giving up.
+    pub fn wait_limit(&self) -> Duration {
+        self.wait_limit
+    }
+
     pub fn store_up(&self) -> bool {
         self.lock().store_up
     }
@@ -457,6 +462,12 @@ impl Coordinator {
             tracing::warn!(%ip, "the whitelist lease expired while this member held it");
         }
     }
+}
+
+/// A store's time to live in milliseconds; never 0, which Redis refuses and which would expire
+/// a file record at once.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Names this member in records and leases: the pod or host name and the process id.

@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
 use tokio::sync::Mutex;
 
-use super::{Record, Scope, StoreError};
+use super::{Record, Scope, StoreError, millis};
 use crate::config::RedisUrl;
 
 /// Takes the lease if it is free (or already ours) and answers "" ; else answers the holder.
@@ -56,10 +56,6 @@ pub struct RedisStore {
     renew_lease: Script,
     release_lease: Script,
     take_budget: Script,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl RedisStore {
