@@ -559,6 +559,8 @@ impl SwitchableEcho {
 
 /// `reqwest::Client::builder()`, after the crypto provider the binary uses is installed.
 pub fn plain_client_builder() -> reqwest::ClientBuilder {
-    sendsms_whitelister::http::install_crypto_provider();
+    // reqwest panics without a process-wide provider; the binary installs ring, and so do we.
+    // An error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
 }

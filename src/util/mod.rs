@@ -1,0 +1,15 @@
+//! Small shared tools with no domain knowledge: one lock idiom, one clock, one backoff, atomic writes.
+
+pub(crate) mod atomic;
+pub(crate) mod backoff;
+pub(crate) mod clock;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, taking over a poisoned one: every value guarded in this crate is replaced or
+/// updated whole under its lock, so a panic elsewhere cannot leave it half-changed.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
