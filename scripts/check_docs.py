@@ -500,11 +500,16 @@ def cmd_snippets(helm: str, names: list[str]) -> None:
 # Figures
 
 UNIT = r"(?:ns|µs|us|ms|s|secs?|seconds?|min|mins|minutes?|h|hours?|days?|B|bytes|[kKMGT]i?B)"
-NUMBER = r"\d[\d,]*(?:\.\d+)?(?:[-–]\d[\d,]*(?:\.\d+)?)?"
+NUMBER = r"\d+(?:,\d{3})*(?:\.\d+)?(?:[-–]\d+(?:,\d{3})*(?:\.\d+)?)?"  # 5,286 and 0.21-0.47 too
 VALUE = re.compile(rf"(?P<number>{NUMBER})(?:\s?(?P<unit>{UNIT}))?(?!\w)")
 BARE = re.compile(rf"(?<![\w.,-]){NUMBER}\s?{UNIT}(?!\w)")
 FIGURE = re.compile(r"<!--\s*figure:\s*(?P<name>[\w.-]+)(?:\s+(?P<unit>\S+))?\s*-->")
 FIGURES = re.compile(r"^\s*<!--\s*figures:\s*(?P<spec>.*?)\s*-->\s*$")
+
+
+def leading_marker(line: str, where: str, errors: list[str]) -> None:
+    if re.match(r"\s*<!--\s*figure:", line):
+        errors.append(f"{where}: a line that starts with a figure marker ends its paragraph on GitHub (an HTML block)")
 
 
 def figure_value(line: str, m: re.Match, where: str, errors: list[str]) -> str | None:
@@ -548,6 +553,7 @@ def benchmark_figures(path: Path) -> tuple[dict, dict, list[str]]:
     lines = path.read_text().splitlines()
     for n, line in enumerate(without_fences(lines), 1):
         where = f"{path.name}:{n}"
+        leading_marker(line, where, errors)
         if b := FIGURES.match(line):
             if b["spec"] in blocks:
                 errors.append(f"{where}: figures {b['spec']} defined twice")
@@ -587,6 +593,7 @@ def readme_figures(readme: Path, benchmarks: Path) -> None:
         if i in skip:
             continue
         where = f"{readme.name}:{i + 1}"
+        leading_marker(line, where, errors)
         for m in FIGURE.finditer(line):
             value = figure_value(line, m, where, errors)
             if m["unit"]:
@@ -619,74 +626,76 @@ def cmd_figures() -> None:
 # --------------------------------------------------------------------------------------
 # Self-test: every check must fail on a broken sample, or a PASS above proves nothing.
 
+# What: (sample, a phrase the failure must name), so that a sample failing for another reason
+# does not count.
 BROKEN = {
-    "tinyproxy with a trailing comment (tinyproxy 1.11: Syntax error)": (
-        "<!-- check: tinyproxy -->\n```\nPort 3128\nAllow 203.0.113.0/24   # egress\n```\n"),
+    "tinyproxy with a trailing comment": (
+        "<!-- check: tinyproxy -->\n```\nPort 3128\nAllow 203.0.113.0/24   # egress\n```\n", "Syntax error on line 2"),
     "tinyproxy that lets every host through": (
-        "<!-- check: tinyproxy -->\n```\nPort 3128\nAllow 203.0.113.0/24\nConnectPort 443\n```\n"),
+        "<!-- check: tinyproxy -->\n```\nPort 3128\nAllow 203.0.113.0/24\nConnectPort 443\n```\n",
+        "another host: 200 (want a refusal)"),
     "tinyproxy reading a filter the page does not show": (
-        '<!-- check: tinyproxy -->\n```\nPort 3128\nFilter "/etc/tinyproxy/nowhere"\n```\n'),
-    "squid with a misspelt directive": "<!-- check: squid -->\n```\nhttp_port 3128\nhttp_acess deny all\n```\n",
-    "YAML with a bad indent": "<!-- check: yaml -->\n```yaml\na:\n  b: 1\n c: 2\n```\n",
+        '<!-- check: tinyproxy -->\n```\nPort 3128\nFilter "/etc/tinyproxy/nowhere"\n```\n', "shows no"),
+    "squid with a misspelt directive": (
+        "<!-- check: squid -->\n```\nhttp_port 3128\nhttp_acess deny all\n```\n", "unrecognized: 'http_acess'"),
+    "YAML with a bad indent": ("<!-- check: yaml -->\n```yaml\na:\n  b: 1\n c: 2\n```\n", "ParserError"),
     "Kubernetes with an unknown field": (
         "<!-- check: kubernetes -->\n```yaml\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\n"
-        "spec: {containers: [{name: a, image: b, restartPolice: Always}]}\n```\n"),
+        "spec: {containers: [{name: a, image: b, restartPolice: Always}]}\n```\n", "'restartPolice' was unexpected"),
     "Helm values with an unknown key": (
-        "<!-- check: helm values.yaml -->\n```yaml\nwhitelister:\n  config:\n    bootstrapProxi: http://b:3128\n```\n"),
-    "compose with an unknown service key": "<!-- check: compose -->\n```yaml\nservices:\n  a: {image: x, imagee: y}\n```\n",
-    "JSON with a trailing comma": "<!-- check: json -->\n```json\n{\"a\": 1,}\n```\n",
-    "an env file with a shell command": "<!-- check: env -->\n```\nSENDSMS_USERNAME=me\nexport X\n```\n",
-    "sh with an unclosed quote": "<!-- check: sh -->\n```sh\necho 'oops\n```\n",
-    "a block without a marker": "```yaml\na: 1\n```\n",
-    "none without a reason": "<!-- check: none -->\n```\nx\n```\n",
-    "a marker above no fence": "<!-- check: yaml -->\n\n```yaml\na: 1\n```\n",
-    "an unknown kind": "<!-- check: toml -->\n```\na = 1\n```\n",
+        "<!-- check: helm values.yaml -->\n```yaml\nwhitelister:\n  config:\n    bootstrapProxi: http://b:3128\n```\n",
+        "bootstrapProxi"),
+    "compose with an unknown service key": (
+        "<!-- check: compose -->\n```yaml\nservices:\n  a: {image: x, imagee: y}\n```\n", "imagee"),
+    "JSON with a trailing comma": ("<!-- check: json -->\n```json\n{\"a\": 1,}\n```\n", "JSONDecodeError"),
+    "an env file with a shell command": (
+        "<!-- check: env -->\n```\nSENDSMS_USERNAME=me\nexport X\n```\n", "line 2 is no NAME=VALUE"),
+    "sh with an unclosed quote": ("<!-- check: sh -->\n```sh\necho 'oops\n```\n", "unexpected EOF"),
+    "a block without a marker": ("```yaml\na: 1\n```\n", "a fenced block without"),
+    "none without a reason": ("<!-- check: none -->\n```\nx\n```\n", "needs a reason"),
+    "a marker above no fence": ("<!-- check: yaml -->\n\n```yaml\na: 1\n```\n", "not right above an opening fence"),
+    "an unknown kind": ("<!-- check: toml -->\n```\na = 1\n```\n", "unknown kind 'toml'"),
 }
 
+# What: (BENCHMARKS.md, README.md, the phrase).
+BENCHMARKS = "size: <!-- figure: size MB -->5.516\n\n<!-- figures: t -->\n| a | 1 s |\n"
 BROKEN_FIGURES = {
-    "a quote that differs": ("<!-- figure: size MB -->5.516", "binary <!-- figure: size -->5.5 MB"),
-    "a bare figure": ("<!-- figure: size MB -->5.516", "binary <!-- figure: size -->5.516 MB, idle 6.3 MiB"),
-    "a quote of nothing": ("<!-- figure: size MB -->5.516", "binary <!-- figure: sise -->5.516 MB"),
-    "a copied table that differs": ("<!-- figures: t -->\n| a | 1 s |\n", "<!-- figures: t -->\n| a | 2 s |\n"),
-    "figures: none without a reason": ("", "<!-- figures: none -->\nwithin 5 s\n"),
+    "a quote that differs": ("binary <!-- figure: size -->5.5 MB", "is '5.5 MB' here and '5.516 MB'"),
+    "a bare figure": ("binary <!-- figure: size -->5.516 MB, idle 6.3 MiB", "'6.3 MiB': quote it"),
+    "a quote of nothing": ("binary <!-- figure: sise -->5.516 MB", "sise is not defined"),
+    "a copied table that differs": ("<!-- figures: t -->\n| a | 2 s |", "differs from"),
+    "figures: none without a reason": ("<!-- figures: none -->\nwithin 5 s", "needs a reason"),
+    "a line that starts with a quote": ("binary:\n<!-- figure: size -->5.516 MB", "ends its paragraph"),
 }
 
 
-def failures(run) -> tuple[list[tuple[bool, str]], str]:
-    """Runs checks silently and returns their results, leaving pc.results as it was."""
+def fails_with(what: str, phrase: str, run) -> None:
+    """Runs checks silently (pc.results stays as it was); one of them must fail naming `phrase`."""
     before = len(pc.results)
     with contextlib.redirect_stdout(io.StringIO()) as out:
         run()
-    got = pc.results[before:]
     del pc.results[before:]
-    return got, out.getvalue()
+    reports = re.split(r"(?m)^(?=PASS  |FAIL  )", out.getvalue())
+    lines = [" ".join(r.split()) for r in reports if r.startswith("FAIL") and phrase in r]
+
+    @check(f"selftest: {what} fails")
+    def _():
+        require(lines, f"no failure names {phrase!r}: {out.getvalue().strip()[-400:]}")
+        return lines[0].split(" ", 1)[1][:300]
 
 
 def cmd_selftest(helm: str) -> None:
     with tempfile.TemporaryDirectory(prefix="check-docs-selftest-") as tmp:
         tmp = Path(tmp)
-        for what, md in BROKEN.items():
-            path = tmp / "sample.md"
-            path.write_text(md)
-            page = read_page(path, "sample.md")
-            work = tmp / f"work-{len(list(tmp.iterdir()))}"
-            work.mkdir()
-            got, out = failures(lambda: check_page(page, Context(page, work, helm)))
-
-            @check(f"selftest: {what} fails")
-            def _():
-                require(got and not all(ok for ok, _ in got), f"it passed: {out.strip()}")
-                return next(line for line in out.splitlines() if line.startswith("FAIL"))[6:][:200]
-
-        for what, (bench, readme) in BROKEN_FIGURES.items():
-            (tmp / "B.md").write_text(bench + "\n")
+        for n, (what, (md, phrase)) in enumerate(BROKEN.items()):
+            (tmp / f"sample-{n}.md").write_text(md)
+            page = read_page(tmp / f"sample-{n}.md", "sample.md")
+            (tmp / f"work-{n}").mkdir()
+            fails_with(what, phrase, lambda: check_page(page, Context(page, tmp / f"work-{n}", helm)))
+        (tmp / "B.md").write_text(BENCHMARKS)
+        for what, (readme, phrase) in BROKEN_FIGURES.items():
             (tmp / "R.md").write_text(readme + "\n")
-            got, out = failures(lambda: readme_figures(tmp / "R.md", tmp / "B.md"))
-
-            @check(f"selftest: figures, {what} fails")
-            def _():
-                require(not all(ok for ok, _ in got), f"it passed: {out.strip()}")
-                return next(line for line in out.splitlines() if line.startswith("FAIL"))[6:][:200]
+            fails_with(f"figures, {what}", phrase, lambda: readme_figures(tmp / "R.md", tmp / "B.md"))
 
 
 def main() -> int:
