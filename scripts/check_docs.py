@@ -524,6 +524,7 @@ def figure_value(line: str, m: re.Match, where: str, errors: list[str]) -> str |
 
 
 def without_fences(lines: list[str]) -> list[str]:
+    """The lines with fenced blocks emptied and code spans blanked (a marker shown in prose)."""
     out, fence = [], None
     for line in lines:
         m = FENCE.match(line)
@@ -532,7 +533,7 @@ def without_fences(lines: list[str]) -> list[str]:
         elif fence is not None and re.fullmatch(rf"[ \t]*{re.escape(fence[0])}{{{len(fence)},}}\s*", line):
             fence = None
         else:
-            out.append("" if fence is not None else line)
+            out.append("" if fence is not None else re.sub(r"`[^`]*`", lambda m: " " * len(m[0]), line))
             continue
         out.append("")
     return out
@@ -605,7 +606,7 @@ def readme_figures(readme: Path, benchmarks: Path) -> None:
             else:
                 quoted.append(m["name"])
         prose = re.sub(r"<!--\s*figure:[^>]*-->\s*" + NUMBER + rf"(?:\s?{UNIT})?", "", line)
-        prose = re.sub(r"<!--.*?-->|`[^`]*`|\]\([^)]*\)", "", prose)
+        prose = re.sub(r"<!--.*?-->|\]\([^)]*\)", "", prose)
         bare += [f"{where}: {m[0]!r}" for m in BARE.finditer(prose)]
 
     @check(f"figures: every figure quoted in {readme.name} equals {benchmarks.name}")
