@@ -126,6 +126,11 @@ impl Flow {
         })
     }
 
+    /// The budgets and counts every API call passes; the gateway's queries pass them too.
+    pub(crate) fn observer(&self) -> Arc<dyn CallObserver> {
+        Arc::clone(&self.observer)
+    }
+
     pub(crate) fn coordinator(&self) -> Option<&Arc<Coordinator>> {
         self.coordinator.as_ref()
     }

@@ -25,6 +25,19 @@ fn root_certificates() -> &'static [reqwest::Certificate] {
     })
 }
 
+/// The TLS settings of a client built without reqwest (the gateway's): the same roots, and
+/// HTTP/1.1 only.
+pub(crate) fn tls_config() -> std::sync::Arc<rustls::ClientConfig> {
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}
+
 /// rustls' process-wide crypto provider: ring, which builds a smaller binary than reqwest's
 /// aws-lc-rs and covers what the web PKI needs (TLS 1.2 and 1.3, ECDSA, RSA, Ed25519).
 /// reqwest panics when it builds a client with no provider installed, so every client

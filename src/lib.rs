@@ -8,6 +8,7 @@
 //!   - `secret`: credentials and URLs that are never shown whole.
 //!   - `util`: one lock idiom, one clock, one backoff with jitter, atomic file writes.
 //!   - `http`: the hardened HTTP client every outgoing call uses.
+//!   - `netwatch`: this host's addresses, followed through rtnetlink as they change.
 //!   - `metrics`: every count and gauge, for `/metrics` and `/status` alike.
 //!   - `logging`: where logs go and how `RUST_LOG` filters them.
 //!   - `emulator`: the offline stand-in for the sendSMS API (used only by commands).
@@ -23,6 +24,7 @@
 //! - loop:
 //!   - `status`: the state the loop writes and the servers read.
 //!   - `sidecar`: the control loop of `run`.
+//!   - `gateway`: the drop-in sendSMS API for the app, holding calls across an egress change.
 //!   - `server`: the HTTP server and its status routes.
 //! - configuration:
 //!   - `config`: the `SENDSMS_*` environment, checked, split into each part's settings.
@@ -45,10 +47,12 @@ mod coord;
 mod detect;
 pub mod emulator;
 mod flow;
+mod gateway;
 mod http;
 mod logging;
 mod metrics;
 mod net;
+mod netwatch;
 mod reconcile;
 mod secret;
 mod sendsms;

@@ -15,7 +15,7 @@ use crate::metrics::{FamilyLabels, Metrics};
 use crate::net::Family;
 use crate::reconcile::{Proof, Source};
 use crate::state::{StateFile, VerifiedIp};
-use crate::status::{FamilyStatus, Phase, RecheckRequest, RecheckResult, Shared};
+use crate::status::{Cause, FamilyStatus, Phase, RecheckRequest, RecheckResult, Shared};
 use crate::util::backoff::{Backoff, jittered};
 use crate::util::clock::{rfc3339_ms, rfc3339_now, unix_now_ms};
 
@@ -116,6 +116,7 @@ impl Sidecar {
         let mut shutdown = pin!(shutdown);
         let mut next_poll = Instant::now();
         let mut last_recheck: Option<Instant> = None;
+        let mut last_round: Option<Instant> = None;
         loop {
             let work = async {
                 let wake = self
@@ -126,6 +127,7 @@ impl Sidecar {
                 self.shared.beat();
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => {
+                        last_round = Some(Instant::now());
                         self.round(false).await;
                         next_poll = Instant::now() + jittered(self.settings.poll_interval, POLL_JITTER);
                     }
@@ -135,16 +137,24 @@ impl Sidecar {
                         while let Ok(more) = rechecks.try_recv() {
                             waiting.push(more);
                         }
-                        let due = last_recheck.is_none_or(|t| t.elapsed() >= self.settings.recheck_min_interval);
+                        let asked = waiting.iter().any(|r| r.cause == Cause::Asked)
+                            && last_recheck.is_none_or(|t| t.elapsed() >= self.settings.recheck_min_interval);
+                        // A refusal seen after the last round began is news that round could not
+                        // have answered; the API budget paces these rounds.
+                        let refused = waiting.iter().any(|r| {
+                            r.cause == Cause::Refused && last_round.is_none_or(|t| r.asked_at >= t)
+                        });
+                        let due = asked || refused;
                         if due {
                             last_recheck = Some(Instant::now());
+                            last_round = last_recheck;
                             self.shared.metrics().rechecks.inc();
                             self.round(true).await;
                             next_poll = Instant::now() + jittered(self.settings.poll_interval, POLL_JITTER);
                         }
                         let status = self.shared.snapshot();
-                        for reply in waiting {
-                            let _ = reply.send(RecheckResult { rechecked: due, status: status.clone() });
+                        for request in waiting {
+                            let _ = request.reply.send(RecheckResult { rechecked: due, status: status.clone() });
                         }
                     }
                 }
@@ -223,6 +233,7 @@ impl Sidecar {
                 Some(old) => {
                     tracing::info!(%family, %old, new = %ip, "egress IP changed");
                     self.shared.metrics().ip_changes.inc();
+                    self.shared.publish_change();
                     tracked.failures = 0;
                     tracked.retry_at = None;
                     if let Err(e) = self.flow.renew_clients() {
@@ -302,6 +313,7 @@ impl Sidecar {
         };
         let metrics = self.shared.metrics();
         metrics.verifications.inc();
+        self.shared.publish_proof();
         metrics
             .last_success
             .get_or_create(&FamilyLabels {
@@ -369,6 +381,7 @@ impl Sidecar {
             (snap.ready, snap.reason.clone())
         });
         self.shared.metrics().ready.set(i64::from(ready));
+        self.shared.publish_ready(ready);
         if ready != self.was_ready {
             tracing::info!(ready, %reason, "{}", if ready { "ready" } else { "not ready" });
             self.was_ready = ready;
@@ -568,7 +581,7 @@ mod tests {
         let mut rig = rig(here, &[here]);
         let rechecks = rig.rechecks.take().expect("receiver");
         let answers: Vec<_> = (0..5)
-            .map(|_| rig.shared.request_recheck().expect("queued"))
+            .map(|_| rig.shared.request_recheck(Cause::Asked).expect("queued"))
             .collect();
         let shared = Arc::clone(&rig.shared);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

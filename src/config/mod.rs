@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::logging::LogFormat;
 use crate::secret::Credentials;
 use crate::state::StateFile;
-use crate::{coord, detect, flow, sendsms, server, sidecar};
+use crate::{coord, detect, flow, gateway, sendsms, server, sidecar};
 
 pub(crate) use values::{host_is_loopback, parse_listen};
 use values::{
@@ -22,6 +22,8 @@ use values::{
 
 const ENV_PREFIX: &str = "SENDSMS_";
 const DEFAULT_API_URL: &str = "https://api.sendsms.ro/json";
+/// A gateway token shorter than this is refused: it guards the account's SMS.
+const MIN_TOKEN_CHARS: usize = 16;
 
 /// A configuration problem; the message names the variable and what a right value looks like.
 /// It never repeats a secret's value.
@@ -72,6 +74,8 @@ pub(crate) struct Config {
     pub(crate) detection: detect::Settings,
     pub(crate) sidecar: sidecar::Settings,
     pub(crate) server: server::Settings,
+    /// None unless `SENDSMS_GATEWAY_LISTEN` is set.
+    pub(crate) gateway: Option<gateway::Settings>,
     pub(crate) log_format: Option<LogFormat>,
 }
 
@@ -105,6 +109,11 @@ struct RawEnv {
     recheck_allow_remote: Option<String>,
     coordination: Option<String>,
     coordination_lease: Option<String>,
+    gateway_listen: Option<String>,
+    gateway_token: Option<String>,
+    gateway_token_file: Option<PathBuf>,
+    gateway_hold: Option<String>,
+    gateway_max_held: Option<String>,
 }
 
 /// Every variable the configuration reads, as the user sets it (`SENDSMS_API_KEY`, ...),
@@ -197,8 +206,53 @@ impl RawEnv {
         })
     }
 
+    /// The gateway's settings; None when `SENDSMS_GATEWAY_LISTEN` is unset (the gateway is off).
+    fn gateway(&mut self) -> Result<Option<gateway::Settings>, ConfigError> {
+        let token = secret_or_file(
+            "gateway_token",
+            self.gateway_token.take(),
+            self.gateway_token_file.take(),
+        )?;
+        if token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().chars().count() < MIN_TOKEN_CHARS)
+        {
+            return Err(invalid(
+                "gateway_token",
+                format!("shorter than {MIN_TOKEN_CHARS} characters"),
+                "a random token such as the output of openssl rand -hex 32",
+            ));
+        }
+        let hold = parse_duration("gateway_hold", self.gateway_hold.take(), "30s")?;
+        let max_held = parse_number(
+            "gateway_max_held",
+            self.gateway_max_held.take(),
+            1000,
+            1..=100_000,
+        )?;
+        let Some(listen) = self.gateway_listen.take() else {
+            return Ok(None);
+        };
+        let listen = listen.trim().parse().map_err(|_| {
+            invalid(
+                "gateway_listen",
+                format!("{listen:?} is not a socket address"),
+                "ADDRESS:PORT such as 127.0.0.1:9798",
+            )
+        })?;
+        Ok(Some(gateway::Settings {
+            listen,
+            token,
+            limits: gateway::Limits {
+                hold,
+                max_held: max_held as usize,
+            },
+        }))
+    }
+
     fn validate(mut self) -> Result<Config, ConfigError> {
         let detection = self.detection()?;
+        let gateway = self.gateway()?;
         let username =
             secret_or_file("username", self.username, self.username_file)?.ok_or_else(|| {
                 ConfigError::Missing {
@@ -289,6 +343,7 @@ impl RawEnv {
                 )?,
             },
             detection,
+            gateway,
             log_format: match self.log_format.as_deref().map(str::trim) {
                 None => None,
                 Some(v) if v.eq_ignore_ascii_case("json") => Some(LogFormat::Json),
@@ -389,6 +444,34 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_is_off_unless_it_has_an_address() {
+        assert!(env(&BASE).expect("valid").gateway.is_none());
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_GATEWAY_LISTEN", "127.0.0.1:9798"));
+        let gateway = env(&v).expect("valid").gateway.expect("on");
+        assert_eq!(gateway.listen.port(), 9798);
+        assert_eq!(gateway.limits.hold, Duration::from_secs(30));
+        assert_eq!(gateway.limits.max_held, 1000);
+        assert!(gateway.token.is_none());
+        v.push(("SENDSMS_GATEWAY_TOKEN", "short-tok3n"));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("SENDSMS_GATEWAY_TOKEN") && !e.contains("short-tok3n"),
+            "{e}"
+        );
+        v.pop();
+        v.push(("SENDSMS_GATEWAY_TOKEN", "0123456789abcdef0123"));
+        v.push(("SENDSMS_GATEWAY_HOLD", "5s"));
+        let c = env(&v).expect("valid");
+        let gateway = c.gateway.expect("on");
+        assert_eq!(gateway.limits.hold, Duration::from_secs(5));
+        assert!(!format!("{gateway:?}").contains("0123456789abcdef0123"));
+        v.push(("SENDSMS_GATEWAY_LISTEN", "localhost"));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(e.contains("SENDSMS_GATEWAY_LISTEN"), "{e}");
+    }
+
+    #[test]
     fn coordination_modes_and_their_errors() {
         let with = |value: &str| {
             let mut v = BASE.to_vec();
@@ -432,7 +515,7 @@ mod tests {
     #[test]
     fn the_variable_list_is_read_from_the_code() {
         let vars = variables();
-        assert_eq!(vars.len(), 26, "{vars:?}");
+        assert_eq!(vars.len(), 31, "{vars:?}");
         for name in [
             "SENDSMS_USERNAME",
             "SENDSMS_API_KEY_FILE",

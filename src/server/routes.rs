@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::metrics;
-use crate::status::Shared;
+use crate::status::{Cause, Shared};
 
 #[derive(Clone)]
 struct App {
@@ -91,7 +91,7 @@ async fn recheck(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAd
                 .into(),
         );
     }
-    let Some(answer) = app.shared.request_recheck() else {
+    let Some(answer) = app.shared.request_recheck(Cause::Asked) else {
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             "too many rechecks waiting\n".into(),
@@ -196,8 +196,8 @@ mod tests {
     async fn a_recheck_from_loopback_is_answered_by_the_loop() {
         let (base, shared, mut rechecks) = serve(Duration::from_secs(60)).await;
         let answering = tokio::spawn(async move {
-            let reply = rechecks.recv().await.expect("a recheck");
-            let _ = reply.send(RecheckResult {
+            let request = rechecks.recv().await.expect("a recheck");
+            let _ = request.reply.send(RecheckResult {
                 rechecked: true,
                 status: shared.snapshot(),
             });

@@ -1003,6 +1003,7 @@ const DURATIONS: &[&str] = &[
     "REVERIFY_INTERVAL",
     "RECHECK_MIN_INTERVAL",
     "COORDINATION_LEASE",
+    "GATEWAY_HOLD",
 ];
 
 /// One variable's value: text, or (for `*_FILE`) a file to create with this content.
@@ -1100,6 +1101,15 @@ fn plausible(var: &str) -> (Vec<&'static str>, Vec<&'static str>) {
                 "redis://host/cache",
             ],
         ),
+        "GATEWAY_LISTEN" => (
+            vec!["127.0.0.1:9798", "[::]:9798", "0.0.0.0:0"],
+            vec!["9798", "localhost:9798", "127.0.0.1"],
+        ),
+        "GATEWAY_TOKEN" => (
+            vec!["0123456789abcdef0123456789abcdef", " padded-token-of-length-32chars "],
+            vec!["short", "fifteen-chars15"],
+        ),
+        "GATEWAY_MAX_HELD" => (vec!["1", "1000", "100000"], vec!["0", "100001", "-1"]),
         d if DURATIONS.contains(&d) => durations,
         _ => (vec![], vec![]),
     }
