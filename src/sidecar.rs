@@ -611,6 +611,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_answered_by_a_round_begun_after_it_whatever_the_min_interval() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        let rechecks = rig.rechecks.take().expect("receiver");
+        let shared = Arc::clone(&rig.shared);
+        let mut readiness = shared.readiness();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ask = |cause| {
+            let answer = shared.request_recheck(cause).expect("queued");
+            async move { answer.await.expect("answered").rechecked }
+        };
+        let callers = async {
+            let first = ask(Cause::Asked).await;
+            let proofs = readiness.borrow_and_update().proofs;
+            let again = ask(Cause::Asked).await;
+            let refused = ask(Cause::Refused).await;
+            let after = readiness.borrow_and_update().proofs;
+            let _ = stop.send(());
+            (first, again, refused, proofs, after)
+        };
+        let ((), (first, again, refused, proofs, after)) = tokio::join!(
+            rig.sidecar.run(rechecks, async {
+                let _ = stopped.await;
+            }),
+            callers
+        );
+        assert!(first, "the first recheck runs a round");
+        assert!(
+            !again,
+            "within the min interval, a recheck is answered from the last"
+        );
+        assert!(refused, "a refusal runs a round of its own");
+        assert!(
+            after > proofs,
+            "that round proved the address again: {proofs} -> {after}"
+        );
+        assert!(readiness.borrow().ready);
+        assert_eq!(shared.metrics().rechecks.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_unchanged_ip_is_proven_again_after_the_reverify_interval() {
         let here = ip("203.0.113.10");
         let mut rig = rig(here, &[here]);

@@ -1106,7 +1106,10 @@ fn plausible(var: &str) -> (Vec<&'static str>, Vec<&'static str>) {
             vec!["9798", "localhost:9798", "127.0.0.1"],
         ),
         "GATEWAY_TOKEN" => (
-            vec!["0123456789abcdef0123456789abcdef", " padded-token-of-length-32chars "],
+            vec![
+                "0123456789abcdef0123456789abcdef",
+                " padded-token-of-length-32chars ",
+            ],
             vec!["short", "fifteen-chars15"],
         ),
         "GATEWAY_MAX_HELD" => (vec!["1", "1000", "100000"], vec!["0", "100001", "-1"]),
