@@ -1,7 +1,10 @@
 //! `run`: the status server, the gateway when asked for, and the control loop, until SIGTERM or SIGINT (then exit 0 within 5 s).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::net::TcpListener;
 
 use super::{Error, Outcome};
 use crate::config::Config;
@@ -13,25 +16,59 @@ use crate::net::Family;
 use crate::server;
 use crate::sidecar::Sidecar;
 
-pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
-    let listen = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
+/// What `run` listens on, bound before anything else starts, so a taken port fails at once.
+pub(crate) struct Listeners {
+    status: TcpListener,
+    gateway: Option<TcpListener>,
+}
+
+async fn bind(what: String, address: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(address)
         .await
-        .map_err(|source| Error::Bind {
-            what: format!("SENDSMS_LISTEN={listen}"),
-            source,
-        })?;
-    let gateway_listener = match &config.gateway {
-        Some(gateway) => Some(
-            tokio::net::TcpListener::bind(gateway.listen)
-                .await
-                .map_err(|source| Error::Bind {
-                    what: format!("SENDSMS_GATEWAY_LISTEN={}", gateway.listen),
-                    source,
-                })?,
-        ),
-        None => None,
-    };
+        .map_err(|source| Error::Bind { what, source })
+}
+
+impl Listeners {
+    pub(crate) async fn bind(config: &Config) -> Result<Self, Error> {
+        let listen = config.server.listen;
+        let status = bind(format!("SENDSMS_LISTEN={listen}"), listen).await?;
+        let gateway = match &config.gateway {
+            Some(gateway) => {
+                let what = format!("SENDSMS_GATEWAY_LISTEN={}", gateway.listen);
+                Some(bind(what, gateway.listen).await?)
+            }
+            None => None,
+        };
+        Ok(Listeners { status, gateway })
+    }
+
+    /// The gateway's address as bound (port 0 picks one).
+    pub(crate) fn gateway(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub(crate) fn status(&self) -> Option<SocketAddr> {
+        self.status.local_addr().ok()
+    }
+}
+
+pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
+    let listeners = Listeners::bind(&config).await?;
+    serve(config, listeners, shutdown_signal()).await
+}
+
+/// The sidecar on bound listeners, until `shutdown` resolves.
+pub(crate) async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome, Error> {
+    let listen = listeners.status().unwrap_or(config.server.listen);
+    let gateway_listen = listeners.gateway();
+    let Listeners {
+        status: listener,
+        gateway: gateway_listener,
+    } = listeners;
     let metrics = Arc::new(Metrics::new(config.flow.coordination.mode.name()));
     let flow = Flow::new(&config.flow, Arc::clone(&metrics))?;
     // A recheck waits for a whole round: detection, then verification, perhaps twice over.
@@ -60,9 +97,10 @@ pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
     let mut servers = vec![tokio::spawn(server::serve(listener, router, stopped()))];
     tracing::info!(%listen, "status server listening");
     let mut gateway = None;
-    if let (Some(settings), Some(listener)) = (&config.gateway, gateway_listener) {
+    if let (Some(mut settings), Some(listener)) = (config.gateway.clone(), gateway_listener) {
+        settings.listen = gateway_listen.unwrap_or(settings.listen);
         let started = Gateway::start(
-            settings,
+            &settings,
             &config.flow.api,
             &config.flow.credentials,
             family,
@@ -78,7 +116,7 @@ pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
         tracing::info!(%listen, hold = ?settings.limits.hold, "gateway listening");
         gateway = Some(started);
     }
-    sidecar.run(rechecks, shutdown_signal()).await;
+    sidecar.run(rechecks, shutdown).await;
     // Held gateway calls are answered now, not cut off when the process ends.
     if let Some(gateway) = &gateway {
         gateway.stop();
