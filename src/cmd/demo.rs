@@ -180,10 +180,8 @@ async fn sends(
     say!("   app sends through http://{gateway}/json with no credentials at all: the gateway");
     say!("   adds the account's, over the direct route.");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !get(&client, format!("http://{status}/readyz"))
-        .await
-        .is_some_and(|(code, _)| code == 200)
-    {
+    let ready = |answer: Option<(u16, String)>| answer.is_some_and(|(code, _)| code == 200);
+    while !ready(get(&client, format!("http://{status}/readyz")).await) {
         if Instant::now() > deadline {
             return false;
         }
