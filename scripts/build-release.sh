@@ -3,6 +3,7 @@
 #
 #   scripts/build-release.sh                      # both, into dist/, with SHA256SUMS
 #   scripts/build-release.sh --out DIR x86_64     # some of them (x86_64|amd64, aarch64|arm64)
+#   scripts/build-release.sh --setup ARCH         # only install the toolchain for ARCH
 #   scripts/build-release.sh --build ARCH [--out FILE]
 #                                                 # one binary, no demo: the Dockerfile's step
 #
@@ -34,8 +35,9 @@ machine() {
 debian_arch() { case $1 in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac; }
 
 apt_install() {
-  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null ||
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
     die "missing $*: install them (Debian: apt-get install $*)"
+  fi
   echo "build-release: installing $*" >&2
   export DEBIAN_FRONTEND=noninteractive
   # A fresh machine or image has no package lists yet.
@@ -99,16 +101,22 @@ run_demo() {
 
 out=""
 build_only=""
+setup_only=""
 archs=()
 while (($#)); do
   case $1 in
     --out) out=${2:?--out needs a path}; shift 2 ;;
     --build) build_only=$(machine "${2:?--build needs an architecture}"); shift 2 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    --setup) setup_only=$(machine "${2:?--setup needs an architecture}"); shift 2 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) archs+=("$(machine "$1")"); shift ;;
   esac
 done
 
+if [[ -n $setup_only ]]; then
+  toolchain "$setup_only" >/dev/null
+  exit 0
+fi
 if [[ -n $build_only ]]; then
   build_one "$build_only"
   if [[ -n $out ]]; then mkdir -p "$(dirname "$out")" && cp "$(artifact "$build_only")" "$out"; fi

@@ -91,13 +91,22 @@ def cmd_dockerfile() -> None:
         require(re.search(r"^USER 65532:65532$", text, re.M), "USER 65532:65532 missing")
         require(re.search(rf'^ENTRYPOINT \["{BINARY_IN_IMAGE}"\]$', text, re.M), "exec-form ENTRYPOINT missing")
         require(re.search(r'^CMD \["run"\]$', text, re.M), 'CMD ["run"] missing')
-        require(re.search(r"^EXPOSE 9797$", text, re.M), "EXPOSE 9797 missing")
+        require(re.search(r"^EXPOSE 9797 9798$", text, re.M), "EXPOSE 9797 9798 (status, gateway) missing")
         require(re.search(rf'CMD \["{BINARY_IN_IMAGE}", "health"\]', text), "exec-form HEALTHCHECK calling health missing")
         require(re.search(rf"^COPY --from=builder \S+ {BINARY_IN_IMAGE}$", text, re.M), "binary not copied to " + BINARY_IN_IMAGE)
 
+    @check("Dockerfile: multi-arch, the builder on $BUILDPLATFORM cross-compiling for $TARGETARCH")
+    def _():
+        froms = re.findall(r"^FROM\s+(.*)$", text, re.M)
+        require(froms[0].startswith("--platform=$BUILDPLATFORM "), f"builder: FROM {froms[0]}")
+        require(not froms[-1].startswith("--platform"), f"the final stage must be the target platform's: FROM {froms[-1]}")
+        require(re.search(r"^ARG TARGETARCH$", text, re.M), "ARG TARGETARCH missing")
+        require("DL3029" not in text, "no platform pin may need a hadolint ignore")
+        return "linux/amd64, linux/arm64 (scripts/check-image-recipe.sh replays both)"
+
     @check("Dockerfile: OCI labels, and its VERSION matches Cargo.toml and Chart.yaml appVersion")
     def _():
-        for label in ("title", "description", "version", "revision", "licenses"):
+        for label in ("title", "description", "version", "revision", "licenses", "source"):
             require(f"org.opencontainers.image.{label}=" in text, f"label org.opencontainers.image.{label} missing")
         version = re.search(r"^ARG VERSION=(\S+)$", text, re.M)
         require(version, "ARG VERSION=... missing")
@@ -107,7 +116,7 @@ def cmd_dockerfile() -> None:
                 f"Dockerfile {version[1]}, Cargo.toml {cargo}, Chart appVersion {chart['appVersion']}")
         return f"version {cargo}"
 
-    @check(".dockerignore: sends only Cargo.toml, Cargo.lock and src/ to the builder")
+    @check(".dockerignore: sends only what the Dockerfile COPYs (Cargo.toml, Cargo.lock, src/, the build script)")
     def _():
         rules = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
                  if l.strip() and not l.startswith("#")]
