@@ -100,7 +100,7 @@ def helm_checks(helm: str) -> None:
     url = "redis://redis.shop.svc:6379/0"
     pvc = f"{co}.file.volume.persistentVolumeClaim.claimName=sms-fleet"
     base = {"name": "sendsms-whitelister", "secret": "sendsms-credentials", "usernameKey": "username",
-            "apiKeyKey": "apiKey", "image": f"sendsms-whitelister:{app_version}"}
+            "apiKeyKey": "apiKey", "image": f"{pc.PUBLISHED_IMAGE}:{app_version}"}
     in_consumer = {**base, "secret": "shop-sendsms",
                    "image": f"registry.example.com/platform/sendsms-whitelister:{app_version}"}
 

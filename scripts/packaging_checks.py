@@ -31,6 +31,9 @@ COMPOSE = ROOT / "examples" / "compose"
 BINARY_IN_IMAGE = "/usr/local/bin/sendsms-whitelister"
 SIDECAR_UID = 65532
 STATUS_PORT = 9797
+GATEWAY_PORT = 9798
+# What .github/workflows/release.yml publishes, and so the chart's and compose files' default.
+PUBLISHED_IMAGE = "ghcr.io/sendsms-whitelister/sendsms-whitelister"
 
 results: list[tuple[bool, str]] = []
 
@@ -176,7 +179,8 @@ def assert_never_root(pod: dict, where: str) -> None:
 def assert_sidecar_container(c: dict, args: list[str], values: dict, where: str) -> None:
     sc = c.get("securityContext") or {}
     require(c["args"] == args, f"{where}: {c['name']} args {c['args']}, expected {args}")
-    require(sc.get("runAsUser") == SIDECAR_UID, f"{where}: {c['name']} runAsUser {sc.get('runAsUser')}")
+    uid = values.get("uid", SIDECAR_UID)  # None: left to the platform (OpenShift)
+    require(sc.get("runAsUser") == uid, f"{where}: {c['name']} runAsUser {sc.get('runAsUser')}, expected {uid}")
     require(sc.get("runAsNonRoot") is True, f"{where}: {c['name']} runAsNonRoot not true")
     require(sc.get("readOnlyRootFilesystem") is True, f"{where}: {c['name']} root filesystem writable")
     require(sc.get("allowPrivilegeEscalation") is False, f"{where}: {c['name']} allowPrivilegeEscalation")
@@ -229,7 +233,9 @@ def assert_pod(pod: dict, native: bool, values: dict, where: str) -> str:
     else:
         require("readinessProbe" not in run, f"{where}: readinessProbe rendered although disabled")
     ports = [p["containerPort"] for p in run.get("ports", [])]
-    require(ports == [STATUS_PORT], f"{where}: status port {ports}")
+    require(ports == [STATUS_PORT] + ([GATEWAY_PORT] if values.get("gateway") else []), f"{where}: ports {ports}")
+    listen = env_map(run).get("SENDSMS_LISTEN", {}).get("value")
+    require(listen == f"[::]:{STATUS_PORT}", f"{where}: SENDSMS_LISTEN {listen}, expected dual-stack [::]:{STATUS_PORT}")
     mounts = {m["name"]: m["mountPath"] for m in run.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
     state = env_map(run).get("SENDSMS_STATE_FILE", {}).get("value")
@@ -241,6 +247,12 @@ def assert_pod(pod: dict, native: bool, values: dict, where: str) -> str:
     else:
         require(state is None and "sendsms-whitelister-state" not in volumes, f"{where}: state file rendered although disabled")
     return "native sidecar" if native else "init `once` + sidecar `run`"
+
+
+# The app's own pod annotations in helm/tests/consumer/values.yaml: they must reach the pod
+# unchanged, the sidecar's prometheus.io/* must not replace them.
+CONSUMER_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+                        "prometheus.io/path": "/actuator/prometheus", "example.com/team": "notifications"}
 
 
 def cmd_helm(helm: str) -> None:
@@ -296,7 +308,7 @@ def cmd_helm(helm: str) -> None:
                     "app.kubernetes.io/version", "app.kubernetes.io/managed-by"):
             require(key in labels, f"{doc['kind']}/{doc['metadata']['name']} lacks label {key}")
 
-    image_default = f"sendsms-whitelister:{app_version}"
+    image_default = f"{PUBLISHED_IMAGE}:{app_version}"
     base = {"name": "sendsms-whitelister", "secret": "sendsms-credentials",
             "usernameKey": "username", "apiKeyKey": "apiKey", "image": image_default}
 
@@ -369,7 +381,11 @@ def cmd_helm(helm: str) -> None:
                 for pod in all_pod_specs(doc):
                     modes.append(assert_pod(pod, native, values, f"{doc['kind']}/{doc['metadata']['name']}"))
                     annotations = doc["spec"]["template"]["metadata"].get("annotations") or {}
-                    if "metrics.podAnnotations=false" in sets:
+                    if chart != CHART:
+                        # The consumer's own scrape annotations (helm/tests/consumer/values.yaml).
+                        require(annotations == CONSUMER_ANNOTATIONS,
+                                f"the app's own annotations did not survive: {annotations}")
+                    elif "metrics.podAnnotations=false" in sets:
                         require(not annotations, f"annotations rendered although disabled: {annotations}")
                     else:
                         require(annotations.get("prometheus.io/scrape") == "true"
@@ -412,7 +428,8 @@ def cmd_helm(helm: str) -> None:
         ("an empty Secret name", CHART, "1.33.0", ["credentials.existingSecret="], "existingSecret"),
     ]
     root_attempts = ["securityContext.runAsUser=0", "securityContext.runAsNonRoot=false",
-                     "securityContext.runAsNonRoot=null", "securityContext.runAsUser=null",
+                     "securityContext.runAsNonRoot=null", "podSecurityContext.runAsUser=0",
+                     "podSecurityContext.runAsNonRoot=false", "podSecurityContext=null",
                      "securityContext=null", "securityContext.allowPrivilegeEscalation=true",
                      "securityContext.privileged=true", "securityContext.capabilities.add={SYS_ADMIN}",
                      "securityContext.capabilities.drop={NET_RAW}", "securityContext.runAsGroup=0"]
