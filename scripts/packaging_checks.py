@@ -4,6 +4,7 @@
     packaging_checks.py dockerfile
     packaging_checks.py helm HELM_BINARY
     packaging_checks.py compose
+    packaging_checks.py workflows ACTIONLINT
 
 Run by scripts/check-packaging.sh, which installs the Python packages used here
 (pyyaml, kubernetes-validate, compose-spec). Each check prints PASS or FAIL; the exit
@@ -532,13 +533,13 @@ def cmd_compose() -> None:
     @check("compose.once.yaml: one-shot `once` job, app on service_completed_successfully")
     def _():
         doc = loaded["compose.once.yaml"]
-        job, app = doc["services"]["whitelist"], doc["services"]["app"]
+        job, app = doc["services"]["whitelister"], doc["services"]["app"]
         require(job["command"] == ["once"], f"job command {job['command']}")
         require(job.get("restart") == "no", "a one-shot job must not restart")
         require(job.get("healthcheck", {}).get("disable") is True, "the image HEALTHCHECK must be disabled for `once`")
-        hardened(job, "whitelist")
-        uses_secret_file(doc, job, "whitelist")
-        require(app["depends_on"]["whitelist"]["condition"] == "service_completed_successfully",
+        hardened(job, "whitelister")
+        uses_secret_file(doc, job, "whitelister")
+        require(app["depends_on"]["whitelister"]["condition"] == "service_completed_successfully",
                 "app does not wait for the job to succeed")
 
     @check("compose.demo.yaml: emulator + bastion + sidecar + app wired consistently")
@@ -582,6 +583,135 @@ def cmd_compose() -> None:
             hardened(s[name], name)
 
 
+# --------------------------------------------------------------------------------------
+# GitHub workflows
+
+
+def cmd_workflows(actionlint: str) -> None:
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+
+    @check("actionlint is live: it flags script injection from an untrusted context")
+    def _():
+        bad = "on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo '${{ github.event.head_commit.message }}'\n"
+        r = subprocess.run([actionlint, "-no-color", "-"], input=bad, capture_output=True, text=True)
+        require(r.returncode != 0 and "untrusted" in r.stdout, f"not flagged: {r.stdout}{r.stderr}")
+        return subprocess.run([actionlint, "-version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+    @check(f"actionlint (with shellcheck on every run: script): {', '.join(w.name for w in workflows)}")
+    def _():
+        require(shutil.which("shellcheck"), "shellcheck is not on PATH: run: scripts would go unchecked")
+        r = subprocess.run([actionlint, "-no-color", *map(str, workflows)], capture_output=True, text=True)
+        require(r.returncode == 0, (r.stdout + r.stderr).strip()[-2000:])
+        return "no findings"
+
+    @check("release.yml: every action pinned to a commit, least privilege, a tag trigger")
+    def _():
+        text = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+        for uses in re.findall(r"uses: (\S+)(.*)", text):
+            require(re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses[0]) and re.match(r"\s+# v\d", uses[1]),
+                    f"not pinned to a commit with its version noted: {uses[0]}{uses[1]}")
+        require(release["permissions"] == {}, "the workflow grants permissions to every job")
+        require(list(release[True]["push"]) == ["tags"], "release.yml must run on tags only")
+        return f"{len(re.findall('uses: ', text))} action uses"
+
+    @check("release.yml publishes the image the chart and the compose files default to, for amd64 and arm64, with provenance")
+    def _():
+        env, jobs = release["env"], release["jobs"]
+        require(env["IMAGE"] == PUBLISHED_IMAGE, f"IMAGE {env['IMAGE']}")
+        values = yaml.safe_load((CHART / "values.yaml").read_text())["image"]
+        require(f"{values['registry']}/{values['repository']}" == env["IMAGE"],
+                f"the chart defaults to {values['registry']}/{values['repository']}, the workflow publishes {env['IMAGE']}")
+        for f in sorted(COMPOSE.glob("compose*.yaml")):
+            for ref in re.findall(r"\$\{SENDSMS_WHITELISTER_IMAGE:-([^}]+)\}", f.read_text()):
+                require(ref.rsplit(":", 1)[0] == env["IMAGE"], f"{f.name} defaults to {ref}")
+        steps = {s.get("id") or s.get("name") or s["uses"]: s for s in jobs["image"]["steps"]}
+        push = steps["push"]["with"]
+        require(push["platforms"] == "linux/amd64,linux/arm64" and push["push"] is True, f"image build {push}")
+        require(str(push["provenance"]).startswith("mode=max"), "no max-mode BuildKit provenance")
+        builder = re.search(r"^FROM --platform=\$BUILDPLATFORM (\S+) AS builder$", (ROOT / "Dockerfile").read_text(), re.M)[1]
+        require(jobs["binaries"]["container"] == builder, f"binaries built in {jobs['binaries']['container']}, the image in {builder}")
+        require(any("scripts/build-release.sh" in s.get("run", "") for s in jobs["binaries"]["steps"]),
+                "the binaries are not built by scripts/build-release.sh")
+        for job in ("binaries", "image", "chart"):
+            attest = [s for s in jobs[job]["steps"] if "attest-build-provenance" in s.get("uses", "")]
+            perms = jobs[job]["permissions"]
+            require(attest and perms.get("id-token") == "write" and perms.get("attestations") == "write",
+                    f"{job}: no provenance attestation")
+        chart_run = next(s["run"] for s in jobs["chart"]["steps"] if "run" in s)
+        require('push "chart/sendsms-whitelister-$VERSION.tgz" "$CHART_REPOSITORY"' in chart_run, "the chart is not pushed")
+        require(env["CHART_REPOSITORY"].startswith("oci://"), "the chart repository is not OCI")
+        release_run = next(s["run"] for s in jobs["release"]["steps"] if "run" in s)
+        require("SHA256SUMS" in release_run and "dist/*" in release_run, "the release does not attach dist/ with SHA256SUMS")
+        return f"{env['IMAGE']}, chart {env['CHART_REPOSITORY']}"
+
+
+def cmd_compose_gateway() -> None:
+    """compose.gateway.yaml (one gateway per host) and compose.build.yaml (build from source)."""
+    loaded: dict[str, dict] = {}
+    load_compose_files({"compose.gateway.yaml": COMPOSE / "compose.gateway.yaml"}, loaded)
+    image_var = re.compile(r"\$\{SENDSMS_WHITELISTER_IMAGE:-([^}]+)\}")
+
+    @check("compose.gateway.yaml: one gateway with a token, apps reach it by service name without the key, --scale works")
+    def _():
+        doc = loaded["compose.gateway.yaml"]
+        s = doc["services"]
+        gw = s["whitelister"]
+        env = gw["environment"]
+        require(gw["command"] == ["run"], f"gateway command {gw['command']}")
+        require(env.get("SENDSMS_GATEWAY_LISTEN") == f"0.0.0.0:{GATEWAY_PORT}", f"SENDSMS_GATEWAY_LISTEN {env.get('SENDSMS_GATEWAY_LISTEN')}")
+        require("SENDSMS_GATEWAY_TOKEN" not in env, "the gateway token is a plain env value")
+        token = re.fullmatch(r"/run/secrets/(\w+)", env.get("SENDSMS_GATEWAY_TOKEN_FILE", ""))
+        require(token and token[1] in gw["secrets"] and "file" in doc["secrets"][token[1]], "the token is not a compose secret")
+        require("SENDSMS_API_KEY" not in env and env.get("SENDSMS_API_KEY_FILE", "").startswith("/run/secrets/"), "API key")
+        require("ports" not in gw, "the gateway is published on the host")
+        require(gw.get("healthcheck", {}).get("test", [])[:3] == ["CMD", BINARY_IN_IMAGE, "health"], "gateway healthcheck")
+        hardened(gw, "whitelister")
+        apps = {n: v for n, v in s.items() if n != "whitelister"}
+        require(apps, "no app")
+        key_secret = env["SENDSMS_API_KEY_FILE"].rsplit("/", 1)[1]
+        for name, app in apps.items():
+            require("container_name" not in app and "network_mode" not in app, f"{name} cannot be scaled")
+            require(not any(str(p).count(":") for p in app.get("ports", [])), f"{name} pins a host port")
+            require(set(gw["networks"]) & set(app["networks"]), f"{name} shares no network with the gateway")
+            require(len(app["networks"]) > 1, f"{name} has no network of its own")
+            require(app["environment"]["SMS_API_URL"] == f"http://whitelister:{GATEWAY_PORT}/json", f"{name} API URL")
+            require(key_secret not in app.get("secrets", []), f"{name} mounts the API key")
+            require(token[1] in app.get("secrets", []), f"{name} lacks the gateway token")
+            require(app["depends_on"]["whitelister"]["condition"] == "service_healthy", f"{name} does not wait")
+            hardened(app, name)
+        return f"gateway + {', '.join(apps)}"
+
+    @check("compose files: every sendsms-whitelister image defaults to the published tag (the chart's appVersion)")
+    def _():
+        app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        seen = 0
+        for f in sorted(COMPOSE.glob("compose*.yaml")):
+            text = f.read_text()
+            for ref in image_var.findall(text):
+                require(ref == f"{PUBLISHED_IMAGE}:{app_version}", f"{f.name}: {ref}")
+                seen += 1
+            if f.name != "compose.build.yaml":
+                require("context: ../.." not in text, f"{f.name} builds from source itself")
+        return f"{seen} references to {PUBLISHED_IMAGE}:{app_version}"
+
+    @check("compose.build.yaml: merged over each stack with a `whitelister` service, it builds that one and adds nothing")
+    def _():
+        import compose_spec
+
+        override = yaml.safe_load((COMPOSE / "compose.build.yaml").read_text())
+        require(list(override) == ["services"] and list(override["services"]) == ["whitelister"], "override shape")
+        require(override["services"]["whitelister"]["build"] == {"context": "../.."}, "build context")
+        require((COMPOSE / "../../Dockerfile").resolve().exists(), "no Dockerfile at the build context")
+        for name in ("compose.yaml", "compose.once.yaml", "compose.gateway.yaml", "compose.demo.yaml"):
+            base = interpolate({k: v for k, v in yaml.safe_load((COMPOSE / name).read_text()).items() if not k.startswith("x-")})
+            require("whitelister" in base["services"], f"{name} has no whitelister service")
+            merged = {**base, "services": {**base["services"],
+                                           "whitelister": {**base["services"]["whitelister"], **override["services"]["whitelister"]}}}
+            compose_spec.PyCompose.from_yaml(yaml.safe_dump(merged))
+        return "4 stacks"
+
+
 def main() -> int:
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "dockerfile":
@@ -590,6 +720,9 @@ def main() -> int:
         cmd_helm(sys.argv[2])
     elif cmd == "compose":
         cmd_compose()
+        cmd_compose_gateway()
+    elif cmd == "workflows" and len(sys.argv) == 3:
+        cmd_workflows(sys.argv[2])
     else:
         print(__doc__, file=sys.stderr)
         return 2
