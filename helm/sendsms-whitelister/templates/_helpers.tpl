@@ -64,7 +64,8 @@ app.kubernetes.io/component: example
 {{/*
 Native sidecars are GA in 1.33 and on by default since 1.29. An older kubelet or API server
 drops `restartPolicy` from the init container; `run` then never exits and the pod hangs in
-Init. Refuse to render that instead.
+Init. Refuse to render that instead. Only the API server's version is known here: kubelets
+may trail it by up to three minor versions (docs/deploy.md, "Kubelet version skew").
 */}}
 {{- define "sendsms-whitelister.checkKubeVersion" -}}
 {{- if and .Values.sidecar.native (semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version) -}}
