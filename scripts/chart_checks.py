@@ -293,6 +293,40 @@ def cmd_modes(helm: str) -> None:
                 require(("sendsms-gateway-token" in volumes) == bool(secret), f"token volume {list(volumes)}")
                 return f"valid against {', '.join(vs)}"
 
+    notify = ["notifications.urlsSecret=sms-hooks", "notifications.events=ip_changed\\,not_ready_for=5m",
+              "notifications.heartbeatSecret=sms-heartbeat", "extraCA.configMap=corp-ca"]
+
+    @check("notifications, heartbeat and extra CA: from a Secret or ConfigMap as files; only `run` notifies, both trust the CA")
+    def _():
+        files = {"SENDSMS_NOTIFY_URLS_FILE": ("/run/secrets/sendsms-notify/urls", "sendsms-notify", {"secret": {
+                     "secretName": "sms-hooks", "items": [{"key": "urls", "path": "urls"}]}}),
+                 "SENDSMS_HEARTBEAT_URL_FILE": ("/run/secrets/sendsms-heartbeat/url", "sendsms-heartbeat", {"secret": {
+                     "secretName": "sms-heartbeat", "items": [{"key": "url", "path": "url"}]}}),
+                 "SENDSMS_EXTRA_CA_FILE": ("/etc/sendsms-whitelister/ca/ca.crt", "sendsms-extra-ca", {"configMap": {
+                     "name": "corp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}})}
+        for sets, kube in ((["example.enabled=true", "sidecar.native=false"], "1.28.0"), (["mode=deployment", token], "1.33.0")):
+            docs = render(helm, *sets, *notify, kube=kube)
+            wl = next(d for d in docs if d["kind"] in ("Deployment", "DaemonSet"))
+            validate([wl], [kube, *all_versions[1:]])
+            pod = wl["spec"]["template"]["spec"]
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                if c.get("args") not in (["run"], ["once"]):
+                    continue
+                env, mounts = pc.env_map(c), {m["name"]: m for m in c.get("volumeMounts", [])}
+                for var, (path, volume, source) in files.items():
+                    wanted = c["args"] == ["run"] or var == "SENDSMS_EXTRA_CA_FILE"
+                    require((var in env) == wanted, f"{c['name']}: {var} {'missing' if wanted else 'given to once'}")
+                    if wanted:
+                        require(env[var]["value"] == path and path.startswith(mounts[volume]["mountPath"] + "/")
+                                and mounts[volume].get("readOnly") is True, f"{c['name']}: {var} at {env[var]}")
+                        require({k: v for k, v in volumes[volume].items() if k != "name"} == source, f"volume {volume}")
+                require(not any(n in env and "value" in env[n] and "://" in env[n]["value"]
+                                for n in ("SENDSMS_NOTIFY_URLS", "SENDSMS_HEARTBEAT_URL")), "a URL as an env value")
+            run = next(c for c in pod.get("initContainers", []) + pod["containers"] if c.get("args") == ["run"])
+            require(pc.env_map(run)["SENDSMS_NOTIFY_EVENTS"]["value"] == "ip_changed,not_ready_for=5m", "events")
+        return "fallback sidecar and deployment"
+
     consumer = pc.ROOT / ".cache" / "packaging" / "consumer"
 
     @check("OpenShift-like renders of the sidecar (example native and fallback, consumer chart): no uid, restricted")
@@ -368,6 +402,7 @@ def cmd_modes(helm: str) -> None:
         ("a verifyTimeout raised past the default budget", ["example.enabled=true", "config.verifyTimeout=5m"],
          "config.verifyTimeout (5m)"),
         ("a gateway pod that may run as root", ["mode=deployment", token, "podSecurityContext.runAsUser=0"], "schema"),
+        ("an unknown notification event", ["notifications.events=ip_changed\\,sms_sent"], "events"),
     ]
 
     @check(f"refused renders: {len(must_fail)} mode, gateway and startup-budget mistakes fail with a clear error")

@@ -204,6 +204,26 @@ imagePullPolicy: {{ $v.image.pullPolicy }}
 args: {{ toJson .args }}
 env:
   {{- include "sendsms-whitelister.env" .ctx | trim | nindent 2 }}
+  {{- with $v.extraCA.configMap }}
+  - name: SENDSMS_EXTRA_CA_FILE
+    value: {{ printf "/etc/sendsms-whitelister/ca/%s" $v.extraCA.key | quote }}
+  {{- end }}
+  {{- if .gateway }}
+  {{- with $v.notifications }}
+  {{- if .urlsSecret }}
+  - name: SENDSMS_NOTIFY_URLS_FILE
+    value: /run/secrets/sendsms-notify/urls
+  {{- end }}
+  {{- with .events }}
+  - name: SENDSMS_NOTIFY_EVENTS
+    value: {{ . | quote }}
+  {{- end }}
+  {{- if .heartbeatSecret }}
+  - name: SENDSMS_HEARTBEAT_URL_FILE
+    value: /run/secrets/sendsms-heartbeat/url
+  {{- end }}
+  {{- end }}
+  {{- end }}
   {{- if $gateway }}
   - name: SENDSMS_GATEWAY_LISTEN
     value: {{ printf "%s:%d" (include "sendsms-whitelister.gatewayAddress" .ctx) (int $v.gateway.port) | quote }}
@@ -219,7 +239,9 @@ resources:
 securityContext:
   {{- toYaml $v.securityContext | nindent 2 }}
 {{- $fleetDir := eq $v.config.coordination.mode "file" }}
-{{- if or $v.stateFile.enabled $fleetDir $token }}
+{{- $notify := and .gateway $v.notifications.urlsSecret }}
+{{- $heartbeat := and .gateway $v.notifications.heartbeatSecret }}
+{{- if or $v.stateFile.enabled $fleetDir $token $notify $heartbeat $v.extraCA.configMap }}
 volumeMounts:
 {{- if $v.stateFile.enabled }}
   - name: {{ $v.stateFile.volumeName }}
@@ -228,6 +250,21 @@ volumeMounts:
 {{- if $token }}
   - name: sendsms-gateway-token
     mountPath: /run/secrets/sendsms-gateway
+    readOnly: true
+{{- end }}
+{{- if $notify }}
+  - name: sendsms-notify
+    mountPath: /run/secrets/sendsms-notify
+    readOnly: true
+{{- end }}
+{{- if $heartbeat }}
+  - name: sendsms-heartbeat
+    mountPath: /run/secrets/sendsms-heartbeat
+    readOnly: true
+{{- end }}
+{{- if $v.extraCA.configMap }}
+  - name: sendsms-extra-ca
+    mountPath: /etc/sendsms-whitelister/ca
     readOnly: true
 {{- end }}
 {{- if $fleetDir }}

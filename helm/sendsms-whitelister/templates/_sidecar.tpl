@@ -71,8 +71,9 @@ endpoints while the egress IP is not whitelisted.
 
 {{/*
 volumes entries: the emptyDir holding the state file (unless stateFile.enabled=false), the
-gateway token's Secret (gateway on, gateway.tokenSecret set) and, with
-config.coordination.mode=file, the volume the fleet shares.
+gateway token's Secret (gateway on, gateway.tokenSecret set), the notification and
+heartbeat Secrets, the extra CA ConfigMap and, with config.coordination.mode=file, the
+volume the fleet shares.
 */}}
 {{- define "sendsms-whitelister.volumes" -}}
 {{- include "sendsms-whitelister.volumes.raw" . | trim -}}
@@ -93,6 +94,30 @@ config.coordination.mode=file, the volume the fleet shares.
     items:
       - key: token
         path: token
+{{- end }}
+{{- with .Values.notifications.urlsSecret }}
+- name: sendsms-notify
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: urls
+        path: urls
+{{- end }}
+{{- with .Values.notifications.heartbeatSecret }}
+- name: sendsms-heartbeat
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: url
+        path: url
+{{- end }}
+{{- with .Values.extraCA.configMap }}
+- name: sendsms-extra-ca
+  configMap:
+    name: {{ . }}
+    items:
+      - key: {{ $.Values.extraCA.key }}
+        path: {{ $.Values.extraCA.key }}
 {{- end }}
 {{- with .Values.config.coordination }}
 {{- if eq .mode "file" }}
