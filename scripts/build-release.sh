@@ -106,8 +106,9 @@ archs=()
 while (($#)); do
   case $1 in
     --out) out=${2:?--out needs a path}; shift 2 ;;
-    --build) build_only=$(machine "${2:?--build needs an architecture}"); shift 2 ;;
-    --setup) setup_only=$(machine "${2:?--setup needs an architecture}"); shift 2 ;;
+    # An empty ARCH (a builder without BuildKit sets no TARGETARCH) means this machine's.
+    --build) build_only=$(machine "${2:-$(uname -m)}"); shift 2 ;;
+    --setup) setup_only=$(machine "${2:-$(uname -m)}"); shift 2 ;;
     -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) archs+=("$(machine "$1")"); shift ;;
   esac
