@@ -353,6 +353,9 @@ def cmd_helm(helm: str) -> None:
     lint_cases = [(CHART, []), (CHART, ["example.enabled=true"]),
                   (CHART, ["example.enabled=true", "sidecar.native=false"]),
                   (CHART, ["example.enabled=true", "metrics.serviceMonitor.enabled=true"]),
+                  (CHART, ["mode=daemonset", "gateway.tokenSecret=gw"]),
+                  (CHART, ["mode=deployment", "gateway.tokenSecret=gw", "prometheusRule.enabled=true",
+                           "dashboard.enabled=true", "metrics.serviceMonitor.enabled=true"]),
                   (consumer, [])]
     for chart, sets in lint_cases:
         label = f"{chart.name} {' '.join(sets) or '(defaults)'}"
