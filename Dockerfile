@@ -14,6 +14,8 @@
 FROM --platform=$BUILDPLATFORM rust:1.95.0-slim-bookworm AS builder
 # Set by buildx (and by BuildKit for a plain `docker build`): amd64 or arm64.
 ARG TARGETARCH
+# The commit, for sendsms_whitelister_build_info (the release workflow sets it; build.rs reads it).
+ARG REVISION=unknown
 WORKDIR /src
 
 # Toolchain layer: the Rust target and, for a foreign architecture, Debian's cross gcc.
@@ -22,7 +24,7 @@ RUN scripts/build-release.sh --setup "$TARGETARCH"
 
 # Dependency layer: build every dependency against stub sources, so that editing src/
 # does not recompile the dependency graph. Only Cargo.toml and Cargo.lock invalidate it.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -30,7 +32,7 @@ RUN mkdir src \
     && rm -rf src target/*/release/.fingerprint/sendsms-whitelister-*
 
 COPY src ./src
-RUN scripts/build-release.sh --build "$TARGETARCH" --out out/sendsms-whitelister \
+RUN SENDSMS_WHITELISTER_COMMIT="$REVISION" scripts/build-release.sh --build "$TARGETARCH" --out out/sendsms-whitelister \
     && mkdir state
 
 # No --platform: the target platform's variant of the (multi-platform) base.

@@ -98,7 +98,10 @@ replay() {
     case $instruction in
       "" | WORKDIR) ;;
       ARG)
-        [[ $args == TARGETARCH ]] || { echo "the replay does not support: $line" >&2; return 1; } ;;
+        # TARGETARCH is set per platform below; REVISION keeps its default (build.rs then
+        # names the commit "unknown", as the context holds no .git).
+        [[ $args == TARGETARCH || $args == REVISION=* ]] ||
+          { echo "the replay does not support: $line" >&2; return 1; } ;;
       COPY)
         read -ra words <<<"$args"
         dest=$context/${words[-1]}
