@@ -22,6 +22,7 @@
 //!   - `coord`: the fleet protocol over a file or Redis store.
 //!   - `flow`: the one place that chooses coordinated or alone and wires budgets and metrics.
 //! - loop:
+//!   - `notify`: webhooks and heartbeats, fed by the loop without ever blocking it.
 //!   - `status`: the state the loop writes and the servers read.
 //!   - `sidecar`: the control loop of `run`.
 //!   - `gateway`: the drop-in sendSMS API for the app, holding calls across an egress change.
@@ -53,6 +54,7 @@ mod logging;
 mod metrics;
 mod net;
 mod netwatch;
+mod notify;
 mod reconcile;
 mod secret;
 mod sendsms;

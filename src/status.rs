@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::coord::{CoordinationStatus, Coordinator};
 use crate::metrics::{Counters, GatewayStatus, Metrics};
 use crate::net::Family;
+use crate::notify::{Notifier, TargetStatus};
 use crate::sendsms::Whitelist;
 use crate::util::clock::rfc3339_now;
 use crate::util::lock;
@@ -57,6 +58,8 @@ pub(crate) struct Snapshot {
     pub(crate) coordination: Option<CoordinationStatus>,
     /// Absent when the gateway is off.
     pub(crate) gateway: Option<GatewayStatus>,
+    /// Each notification target; absent when none is configured.
+    pub(crate) notifications: Option<Vec<TargetStatus>>,
 }
 
 /// The answer to `POST /recheck`.
@@ -112,6 +115,7 @@ pub(crate) struct Shared {
     readiness: watch::Sender<Readiness>,
     /// Where the gateway listens, once it does.
     gateway: std::sync::OnceLock<std::net::SocketAddr>,
+    notifier: Option<Notifier>,
 }
 
 impl Shared {
@@ -121,6 +125,7 @@ impl Shared {
         stale_after: Duration,
         metrics: Arc<Metrics>,
         coordinator: Option<Arc<Coordinator>>,
+        notifier: Option<Notifier>,
     ) -> (Arc<Self>, mpsc::Receiver<RecheckRequest>) {
         let (recheck, requests) = mpsc::channel(RECHECK_QUEUE);
         let shared = Shared {
@@ -138,6 +143,7 @@ impl Shared {
                 started_at: rfc3339_now(),
                 coordination: None,
                 gateway: None,
+                notifications: None,
             }),
             heartbeat: Mutex::new(Instant::now()),
             stale_after,
@@ -146,6 +152,7 @@ impl Shared {
             coordinator,
             readiness: watch::Sender::new(Readiness::default()),
             gateway: std::sync::OnceLock::new(),
+            notifier,
         };
         (Arc::new(shared), requests)
     }
@@ -163,6 +170,7 @@ impl Shared {
             .gateway
             .get()
             .map(|listen| self.metrics.gateway_status(*listen));
+        snapshot.notifications = self.notifier.as_ref().map(Notifier::status);
         snapshot
     }
 

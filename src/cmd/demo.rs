@@ -116,7 +116,9 @@ pub(crate) async fn run() -> Result<Outcome, Error> {
     say!();
     if checks.iter().all(|c| c.usable()) && delivered {
         say!("Done: the key now works from this host, and the app sent across an egress change");
-        say!("without ever holding the key. In production, point SENDSMS_API_URL at the real API and");
+        say!(
+            "without ever holding the key. In production, point SENDSMS_API_URL at the real API and"
+        );
         say!("SENDSMS_BOOTSTRAP_PROXY or SENDSMS_BOOTSTRAP_BIND at your bastion.");
         Ok(Outcome::Success)
     } else {

@@ -13,6 +13,7 @@ use crate::flow::Flow;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::net::Family;
+use crate::notify::Notifier;
 use crate::server;
 use crate::sidecar::Sidecar;
 
@@ -81,7 +82,9 @@ pub(crate) async fn serve(
         .first()
         .copied()
         .unwrap_or(Family::V4);
-    let (sidecar, shared, rechecks) = Sidecar::new(config.sidecar, detector, flow, metrics);
+    let notifier = Notifier::start(config.notify, Arc::clone(&metrics));
+    let (sidecar, shared, rechecks) =
+        Sidecar::new(config.sidecar, detector, flow, metrics, notifier);
     let (stop_servers, servers_stopped) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stopped = servers_stopped.clone();
