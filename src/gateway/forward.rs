@@ -244,8 +244,9 @@ impl Forwarder {
             .inc(label, Outcome::CallerRefused.label());
     }
 
-    /// Forwards `call`, holding it as needed; counts how it ended.
-    pub(crate) async fn forward(&self, call: &Call) -> (Reply, Outcome) {
+    /// Forwards `call`, holding it as needed; counts how it ended. Also says how long it was
+    /// held, if it was.
+    pub(crate) async fn forward(&self, call: &Call) -> (Reply, Outcome, Option<Duration>) {
         let mut hold = Hold {
             metrics: self.metrics(),
             held: &self.held,
@@ -261,7 +262,7 @@ impl Forwarder {
         self.metrics()
             .gateway_calls
             .inc(call.action.label, outcome.label());
-        (reply, outcome)
+        (reply, outcome, hold.waited.then_some(hold.total))
     }
 
     async fn attempts(&self, call: &Call, hold: &mut Hold<'_>) -> (Reply, Outcome) {

@@ -219,7 +219,8 @@ async fn json(
         query: call::without_credentials(query.as_bytes()),
         form: form.as_deref().map(call::without_credentials),
     };
-    match gateway.forwarder.forward(&call).await.0 {
+    let (reply, _, held) = gateway.forwarder.forward(&call).await;
+    let mut response = match reply {
         Reply::Api(answer) => gateway.pass(answer),
         Reply::Unknown(why) => shaped(
             StatusCode::BAD_GATEWAY,
@@ -235,8 +236,17 @@ async fn json(
             &format!("{why}; it was not sent, and may be sent again"),
             json!({"gateway": "not_sent", "sent": false}),
         ),
+    };
+    if let Some(held) = held {
+        response
+            .headers_mut()
+            .insert(HELD_HEADER, header::HeaderValue::from(held.as_millis() as u64));
     }
+    response
 }
+
+/// Added to the answer of a call the gateway held: how long, in milliseconds.
+pub(crate) const HELD_HEADER: &str = "x-sendsms-gateway-held-ms";
 
 #[cfg(test)]
 mod tests;

@@ -167,7 +167,8 @@ fn rig(script: &Arc<Script>, token: Option<&str>, max_held: usize) -> Rig {
 
 impl Rig {
     async fn forward(&self, call: Call) -> (Reply, Outcome) {
-        self.gateway.forwarder.forward(&call).await
+        let (reply, outcome, _) = self.gateway.forwarder.forward(&call).await;
+        (reply, outcome)
     }
 
     fn status(&self) -> crate::metrics::GatewayStatus {
@@ -200,9 +201,10 @@ async fn a_refusal_for_the_ip_is_held_for_a_recheck_and_sent_once_more() {
     let mut rig = rig(&script, None, 10);
     let shared = Arc::clone(&rig.shared);
     let call = send_call();
-    let forward = rig.gateway.forwarder.forward(&call);
+    let mut rechecks = std::mem::replace(&mut rig.rechecks, mpsc::channel(1).1);
+    let forward = rig.forward(call);
     let control_loop = async {
-        let request = rig.rechecks.recv().await.expect("a recheck is asked for");
+        let request = rechecks.recv().await.expect("a recheck is asked for");
         assert_eq!(request.cause, Cause::Refused);
         // The loop whitelists the new address: readiness drops, then a proof, then ready.
         shared.publish_ready(false);
@@ -385,7 +387,10 @@ async fn no_more_calls_are_held_than_allowed_and_a_stop_ends_every_hold() {
     let rig = rig(&script, None, 1);
     rig.shared.publish_ready(false);
     let gateway = Arc::clone(&rig.gateway);
-    let first = tokio::spawn(async move { gateway.forwarder.forward(&send_call()).await });
+    let first = tokio::spawn(async move {
+        let (reply, outcome, _) = gateway.forwarder.forward(&send_call()).await;
+        (reply, outcome)
+    });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(rig.status().held_calls, 1);
     // The second finds the hold full: it is not held, but sent at once.
