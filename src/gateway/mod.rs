@@ -238,9 +238,10 @@ async fn json(
         ),
     };
     if let Some(held) = held {
-        response
-            .headers_mut()
-            .insert(HELD_HEADER, header::HeaderValue::from(held.as_millis() as u64));
+        response.headers_mut().insert(
+            HELD_HEADER,
+            header::HeaderValue::from(held.as_millis() as u64),
+        );
     }
     response
 }

@@ -1,6 +1,8 @@
 //! Test harness: the real binary, an emulator child process, and the no-leak assertion.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
