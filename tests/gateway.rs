@@ -10,6 +10,9 @@ use common::{Emulator, KEY, Sidecar, USERNAME, free_port, with};
 
 const TOKEN: &str = "gw-token-4f1c9a07d2e85b36a1c0f9e4";
 
+/// A caller: its name, its query parameters, its Authorization header, the HTTP code it gets.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>, u16);
+
 /// `run` with the gateway on a free loopback port, over an emulator whose bastion is 127.0.0.2.
 async fn sidecar(emu: &Emulator, extra: &[(&str, &str)]) -> (Sidecar, SocketAddr) {
     let gateway: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -34,7 +37,7 @@ async fn with_a_token_every_caller_presents_it_and_the_apps_credentials_never_re
     let (sidecar, gateway) = sidecar(&emu, &[("SENDSMS_GATEWAY_TOKEN", TOKEN)]).await;
     let client = app_client();
     let bearer = format!("Bearer {TOKEN}");
-    let cases: [(&str, &[(&str, &str)], Option<&str>, u16); 5] = [
+    let cases: [Case; 5] = [
         ("no token", &[], None, 403),
         (
             "a wrong token",
