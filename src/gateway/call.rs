@@ -179,19 +179,37 @@ fn same(given: &str, expected: &str) -> bool {
 /// Parameters the app sends that are never forwarded: the gateway sends its own.
 const CREDENTIALS: [&str; 2] = ["username", "password"];
 
-/// The app's parameters in their order, without its credentials.
-pub(crate) fn without_credentials(encoded: &[u8]) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(encoded)
-        .filter(|(name, _)| !CREDENTIALS.contains(&name.as_ref()))
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
-        .collect()
+/// One source of the app's parameters (query string or form body), read once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Params {
+    /// Everything but its credentials, in order: what is forwarded.
+    pub(crate) forwarded: Vec<(String, String)>,
+    /// Its `password`: the gateway token, or the app's old credential, never forwarded.
+    pub(crate) password: Option<String>,
 }
 
-/// The value of the first parameter `name` in `encoded`.
-pub(crate) fn param(encoded: &[u8], name: &str) -> Option<String> {
-    url::form_urlencoded::parse(encoded)
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.into_owned())
+impl Params {
+    pub(crate) fn parse(encoded: &[u8]) -> Self {
+        let mut params = Params::default();
+        for (name, value) in url::form_urlencoded::parse(encoded) {
+            if name == "password" {
+                params.password.get_or_insert_with(|| value.into_owned());
+            } else if !CREDENTIALS.contains(&name.as_ref()) {
+                params
+                    .forwarded
+                    .push((name.into_owned(), value.into_owned()));
+            }
+        }
+        params
+    }
+
+    /// The first value of `name` among the forwarded parameters.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.forwarded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A call as it will be forwarded: the app's parameters where it put them (query string, form
@@ -270,11 +288,11 @@ mod tests {
 
     #[test]
     fn the_apps_credentials_are_dropped() {
-        let params = without_credentials(
-            b"action=message_send&username=app&to=0722&password=app-secret&text=hi+there",
+        let params = Params::parse(
+            b"action=message_send&username=app&to=0722&password=app-secret&text=hi+there&password=2",
         );
         assert_eq!(
-            params,
+            params.forwarded,
             [
                 ("action", "message_send"),
                 ("to", "0722"),
@@ -282,8 +300,10 @@ mod tests {
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
+        assert_eq!(params.password.as_deref(), Some("app-secret"));
+        assert_eq!(params.get("action"), Some("message_send"));
         assert_eq!(
-            param(b"a=1&password=p%26w", "password").as_deref(),
+            Params::parse(b"password=p%26w").password.as_deref(),
             Some("p&w")
         );
     }

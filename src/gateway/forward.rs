@@ -6,12 +6,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use super::call::{Call, Kind};
 use crate::metrics::Metrics;
-use crate::sendsms::api::{ApiError, ApiStatus, parse_response};
+use crate::sendsms::api::{ApiError, ApiStatus, status_of};
 use crate::sendsms::{CallObserver, Verdict};
 use crate::status::{Cause, Readiness, Shared};
 use crate::util::backoff::Backoff;
@@ -20,21 +21,27 @@ use crate::util::backoff::Backoff;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Answer {
     pub(crate) http_status: u16,
-    pub(crate) content_type: Option<String>,
+    pub(crate) content_type: Option<HeaderValue>,
     pub(crate) body: Bytes,
+    /// The `status` field, when the body is the API's JSON.
+    pub(crate) api_status: Option<ApiStatus>,
 }
 
 impl Answer {
-    /// The `status` field, when the body is the API's JSON.
-    pub(crate) fn api_status(&self) -> Option<ApiStatus> {
-        parse_response(&self.body).ok().map(|answer| answer.status)
+    pub(crate) fn new(http_status: u16, content_type: Option<HeaderValue>, body: Bytes) -> Self {
+        Answer {
+            http_status,
+            content_type,
+            api_status: status_of(&body),
+            body,
+        }
     }
 
     fn verdict(&self) -> Verdict {
         if !(200..300).contains(&self.http_status) {
             return ApiError::Http(self.http_status).verdict();
         }
-        match self.api_status() {
+        match self.api_status {
             Some(status) if status.is_error() => ApiError::Refused {
                 status,
                 message: String::new(),
@@ -298,7 +305,7 @@ impl Forwarder {
             let failure = match self.upstream.send(call).await {
                 Ok(answer) => {
                     self.observer.after_call(label, answer.verdict());
-                    if answer.api_status() != Some(ApiStatus::AuthenticationFailed) {
+                    if answer.api_status != Some(ApiStatus::AuthenticationFailed) {
                         let outcome = if hold.waited {
                             Outcome::HeldThenSent
                         } else {

@@ -115,10 +115,7 @@ impl Gateway {
         let status = StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::BAD_GATEWAY);
         let body = redact(answer.body, self.key.expose_secret());
         let mut response = (status, body).into_response();
-        if let Some(value) = answer
-            .content_type
-            .and_then(|v| header::HeaderValue::from_str(&v).ok())
-        {
+        if let Some(value) = answer.content_type {
             response.headers_mut().insert(header::CONTENT_TYPE, value);
         }
         response
@@ -140,18 +137,22 @@ fn shaped(code: StatusCode, status: i64, message: &str, details: serde_json::Val
 /// `body` with every occurrence of `secret` (as is, or URL-encoded) replaced.
 fn redact(body: Bytes, secret: &str) -> Bytes {
     let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let find = |text: &[u8], needle: &[u8]| {
+        (!needle.is_empty())
+            .then(|| text.windows(needle.len()).position(|w| w == needle))
+            .flatten()
+    };
+    let needles = [secret.as_bytes(), encoded.as_bytes()];
+    if needles.iter().all(|needle| find(&body, needle).is_none()) {
+        return body;
+    }
     let mut text = body.to_vec();
-    let mut changed = false;
-    for needle in [secret.as_bytes(), encoded.as_bytes()] {
-        if needle.is_empty() {
-            continue;
-        }
-        while let Some(at) = text.windows(needle.len()).position(|w| w == needle) {
+    for needle in needles {
+        while let Some(at) = find(&text, needle) {
             text.splice(at..at + needle.len(), b"[REDACTED]".iter().copied());
-            changed = true;
         }
     }
-    if changed { Bytes::from(text) } else { body }
+    Bytes::from(text)
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -184,22 +185,26 @@ async fn json(
             json!({"gateway": "caller_refused"}),
         );
     }
-    let from_either = |name: &str| {
-        form.as_deref()
-            .and_then(|f| call::param(f, name))
-            .or_else(|| call::param(query.as_bytes(), name))
-    };
-    let name = from_either("action").unwrap_or_default();
-    let action = call::action(&name);
+    let from_query = call::Params::parse(query.as_bytes());
+    let from_form = form.as_deref().map(call::Params::parse);
+    let name = from_form
+        .as_ref()
+        .and_then(|f| f.get("action"))
+        .or_else(|| from_query.get("action"))
+        .unwrap_or_default();
+    let action = call::action(name);
     let label = match action {
         Ok(action) => action.label,
         Err(refused) => refused.label,
     };
-    let password = from_either("password");
+    let password = from_form
+        .as_ref()
+        .and_then(|f| f.password.as_deref())
+        .or(from_query.password.as_deref());
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let presented = call::presented(authorization, password.as_deref());
+    let presented = call::presented(authorization, password);
     let peer: IpAddr = peer.ip();
     if let Err(refusal) = call::authorize(peer, gateway.token.as_ref(), presented) {
         return gateway.refuse(label, &refusal);
@@ -216,8 +221,8 @@ async fn json(
     };
     let call = call::Call {
         action,
-        query: call::without_credentials(query.as_bytes()),
-        form: form.as_deref().map(call::without_credentials),
+        query: from_query.forwarded,
+        form: from_form.map(|f| f.forwarded),
     };
     let (reply, _, held) = gateway.forwarder.forward(&call).await;
     let mut response = match reply {

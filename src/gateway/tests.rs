@@ -86,13 +86,11 @@ impl CallObserver for Budget {
 }
 
 fn api(status: i64, message: &str) -> Answer {
-    Answer {
-        http_status: 200,
-        content_type: Some("text/html; charset=UTF-8".into()),
-        body: Bytes::from(
-            json!({"status": status, "message": message, "details": "id-1"}).to_string(),
-        ),
-    }
+    Answer::new(
+        200,
+        Some(header::HeaderValue::from_static("text/html; charset=UTF-8")),
+        Bytes::from(json!({"status": status, "message": message, "details": "id-1"}).to_string()),
+    )
 }
 
 fn refused() -> Answer {
@@ -545,14 +543,14 @@ async fn a_post_form_is_forwarded_as_a_form_and_other_bodies_are_refused() {
 
 #[tokio::test]
 async fn the_key_never_goes_back_to_the_app() {
-    let echo = Answer {
-        http_status: 200,
-        content_type: Some("application/json".into()),
-        body: Bytes::from(format!(
+    let echo = Answer::new(
+        200,
+        Some(header::HeaderValue::from_static("application/json")),
+        Bytes::from(format!(
             r#"{{"status":0,"message":"OK","details":{{"key":"{KEY}","url":"?password={}"}}}}"#,
             url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect::<String>()
         )),
-    };
+    );
     let script = Script::new([Ok(echo)]);
     let rig = rig(&script, None, 10);
     let (code, body) = call_router(&rig, "127.0.0.1:1", get("/json?action=user_get_info")).await;

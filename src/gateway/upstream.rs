@@ -15,11 +15,10 @@ use hyper_util::client::legacy::connect::{
     CaptureConnection, Connected, Connection, capture_connection,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
-use url::Url;
 
 use super::call::Call;
 use super::conn::{ConnState, Registry, Tracked};
@@ -185,8 +184,10 @@ impl AsyncWrite for Conn {
 pub(crate) struct Api {
     connector: Connector,
     client: RwLock<Client<Connector, Full<Bytes>>>,
-    endpoint: Url,
-    credentials: Credentials,
+    /// The endpoint without a query, such as `https://api.sendsms.ro/json`.
+    endpoint: String,
+    /// `username=...&password=...`, encoded once.
+    credentials: SecretString,
     timeout: Duration,
 }
 
@@ -207,11 +208,17 @@ impl Api {
                 resolver: OnceLock::new(),
             }),
         };
+        let mut endpoint = settings.url.clone();
+        endpoint.set_query(None);
+        let encoded = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("username", &credentials.username)
+            .append_pair("password", credentials.api_key.expose_secret())
+            .finish();
         Api {
             client: RwLock::new(Self::client(&connector)),
             connector,
-            endpoint: settings.url.clone(),
-            credentials: credentials.clone(),
+            endpoint: endpoint.to_string(),
+            credentials: SecretString::from(encoded),
             timeout: settings.request_timeout,
         }
     }
@@ -282,15 +289,15 @@ impl Api {
     }
 
     fn request(&self, call: &Call) -> Result<Request<Full<Bytes>>, String> {
-        let mut url = self.endpoint.clone();
-        url.query_pairs_mut()
-            .extend_pairs(&call.query)
-            .append_pair("username", &self.credentials.username)
-            .append_pair("password", self.credentials.api_key.expose_secret());
-        let uri: Uri = url
-            .as_str()
-            .parse()
-            .map_err(|_| "the API URL cannot carry this call".to_owned())?;
+        let mut target = url::form_urlencoded::Serializer::new(format!("{}?", self.endpoint));
+        target.extend_pairs(&call.query);
+        let mut target = target.finish();
+        if !call.query.is_empty() {
+            target.push('&');
+        }
+        target.push_str(self.credentials.expose_secret());
+        let uri =
+            Uri::try_from(target).map_err(|_| "the API URL cannot carry this call".to_owned())?;
         let builder = Request::builder()
             .uri(uri)
             .header(header::USER_AGENT, USER_AGENT);
@@ -326,11 +333,7 @@ impl Api {
                 .await
                 .map_err(|e| (e.is_connect(), describe(&e)))?;
             let http_status = response.status().as_u16();
-            let content_type = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
@@ -341,11 +344,7 @@ impl Api {
                     )
                 })?
                 .to_bytes();
-            Ok::<_, (bool, String)>(Answer {
-                http_status,
-                content_type,
-                body,
-            })
+            Ok::<_, (bool, String)>(Answer::new(http_status, content_type, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => Ok(answer),

@@ -172,6 +172,18 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<ApiResponse, String> {
     })
 }
 
+/// Only the `status` of an answer, read without building the rest: the gateway's hot path.
+pub(crate) fn status_of(body: &[u8]) -> Option<ApiStatus> {
+    #[derive(Deserialize)]
+    struct StatusOnly {
+        status: i64,
+    }
+    let text = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
+    serde_json::from_slice::<StatusOnly>(text.trim_ascii())
+        .ok()
+        .map(|s| ApiStatus::from_code(s.status))
+}
+
 /// A failed call. The text never holds the URL (and so never the key).
 #[derive(Clone, Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -253,5 +265,10 @@ mod tests {
         assert!(parse_response(b"<html>502</html>").is_err());
         let r = parse_response(br#"{"status":0}"#).expect("json without message");
         assert_eq!(r.message, "");
+        assert_eq!(
+            status_of(b"\xef\xbb\xbf {\"details\":[1,{\"a\":2}],\"status\":-8}\n"),
+            Some(ApiStatus::AuthenticationFailed)
+        );
+        assert_eq!(status_of(b"<html>502</html>"), None);
     }
 }

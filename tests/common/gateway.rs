@@ -70,7 +70,15 @@ pub async fn send(
             let code = response.status().as_u16();
             (code, response.text().await.unwrap_or_default(), held_ms)
         }
-        Err(e) => (0, e.to_string(), None),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(inner) = cause {
+                text.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            (0, text, None)
+        }
     };
     assert!(
         !body.contains(KEY),
