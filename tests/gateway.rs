@@ -66,7 +66,13 @@ async fn with_a_token_every_caller_presents_it_and_the_apps_credentials_never_re
     ];
     for (name, params, authorization, want) in cases {
         let sent = send(&client, gateway, name, params, authorization).await;
-        assert_eq!(sent.code, want, "{name}: {}\n{}", sent.body, sidecar.output());
+        assert_eq!(
+            sent.code,
+            want,
+            "{name}: {}\n{}",
+            sent.body,
+            sidecar.output()
+        );
         let status = sent.status().expect("a sendSMS-shaped answer");
         assert_eq!(
             status,

@@ -156,6 +156,22 @@ struct Hold<'a> {
     waited: bool,
 }
 
+/// One call in the gauge of calls held now, for as long as this lives.
+struct HeldNow<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> HeldNow<'a> {
+    fn count(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        HeldNow(gauge)
+    }
+}
+
+impl Drop for HeldNow<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// How a wait ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Waited {
@@ -183,13 +199,13 @@ impl Hold<'_> {
         };
         self.waited = true;
         let started = Instant::now();
-        self.metrics.gateway_held.inc();
+        // A guard: when the app hangs up, its call is dropped mid-hold (and never sent).
+        let _counted = HeldNow::count(&self.metrics.gateway_held);
         let stopping = self.stopping.wait_for(|stopping| *stopping);
         let done = tokio::select! {
             done = tokio::time::timeout_at(self.deadline, until) => done.unwrap_or(false),
             _ = stopping => false,
         };
-        self.metrics.gateway_held.dec();
         self.total += started.elapsed();
         if done { Waited::Done } else { Waited::Deadline }
     }

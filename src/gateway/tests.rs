@@ -405,6 +405,19 @@ async fn no_more_calls_are_held_than_allowed_and_a_stop_ends_every_hold() {
     assert_eq!(rig.status().held_calls, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_call_the_app_gave_up_on_during_its_hold_is_never_sent() {
+    let script = Script::new([]);
+    let rig = rig(&script, None, 10);
+    rig.shared.publish_ready(false);
+    let gave_up = tokio::time::timeout(Duration::from_secs(2), rig.forward(send_call())).await;
+    assert!(gave_up.is_err());
+    assert_eq!(rig.status().held_calls, 0, "no longer counted as held");
+    rig.shared.publish_ready(true);
+    tokio::time::sleep(HOLD).await;
+    assert_eq!(script.sends(), 0);
+}
+
 /// The router as a service, seeing callers at `peer`.
 async fn call_router(rig: &Rig, peer: &str, request: Request<Body>) -> (u16, String) {
     let peer: SocketAddr = peer.parse().expect("peer");
