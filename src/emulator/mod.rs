@@ -697,6 +697,10 @@ fn snapshot(emulator: &Emulator) -> Value {
     })
 }
 
+fn ip_param(params: &BTreeMap<String, String>, name: &str) -> Option<IpAddr> {
+    params.get(name).and_then(|v| v.parse().ok())
+}
+
 /// What a NAT gateway in front of the host does when its public address changes: traffic from
 /// `from` is seen as coming from `to` (`to` equal to `from` undoes it).
 async fn egress(
@@ -705,9 +709,7 @@ async fn egress(
     body: Bytes,
 ) -> Response {
     let params = form_params(query.as_deref(), &body);
-    let from = params.get("from").and_then(|i| i.parse::<IpAddr>().ok());
-    let to = params.get("to").and_then(|i| i.parse::<IpAddr>().ok());
-    let (Some(from), Some(to)) = (from, to) else {
+    let (Some(from), Some(to)) = (ip_param(&params, "from"), ip_param(&params, "to")) else {
         return (
             StatusCode::BAD_REQUEST,
             "need from=ADDRESS and to=ADDRESS\n",
@@ -738,8 +740,7 @@ async fn remove_ip(
 ) -> Response {
     let params = form_params(query.as_deref(), &body);
     let key = params.get("key").and_then(|k| k.parse::<usize>().ok());
-    let ip = params.get("ip").and_then(|i| i.parse::<IpAddr>().ok());
-    let (Some(key), Some(ip)) = (key, ip) else {
+    let (Some(key), Some(ip)) = (key, ip_param(&params, "ip")) else {
         return (StatusCode::BAD_REQUEST, "need key=INDEX and ip=ADDRESS\n").into_response();
     };
     let mut account = emulator.account();

@@ -274,21 +274,27 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_request_refused_before_its_first_byte_never_left() {
-        let registry = Registry::default();
-        let (mut tracked, mut server) = pair(&registry).await;
+    /// A connection on which one request was written and read by the server.
+    async fn requested(registry: &Registry) -> (Tracked, TcpStream) {
+        let (mut tracked, mut server) = pair(registry).await;
         tracked
             .write_all(b"GET / HTTP/1.1\r\n\r\n")
             .await
             .expect("write");
         let mut buf = [0u8; 64];
-        let n = server.read(&mut buf).await.expect("server read");
+        assert!(server.read(&mut buf).await.expect("server read") > 0);
+        (tracked, server)
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_before_its_first_byte_never_left() {
+        let registry = Registry::default();
+        let (mut tracked, mut server) = requested(&registry).await;
         server
             .write_all(b"HTTP/1.1 200 OK\r\n")
             .await
             .expect("answer");
-        assert!(n > 0);
+        let mut buf = [0u8; 64];
         let n = tracked.read(&mut buf).await.expect("read");
         assert!(n > 0);
         assert_eq!(registry.addresses_changed(set(&["127.0.0.1"])), 0);
@@ -303,13 +309,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_sent_before_the_address_went_is_not_called_unsent() {
         let registry = Registry::default();
-        let (mut tracked, mut server) = pair(&registry).await;
-        tracked
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        let mut buf = [0u8; 64];
-        assert!(server.read(&mut buf).await.expect("server read") > 0);
+        let (mut tracked, _server) = requested(&registry).await;
         let reading = tokio::spawn(async move {
             let mut buf = [0u8; 64];
             let result = tracked.read(&mut buf).await;

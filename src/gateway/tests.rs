@@ -100,26 +100,20 @@ fn refused() -> Answer {
     )
 }
 
-fn send_call() -> Call {
+fn call(label: &'static str, kind: Kind) -> Call {
     Call {
-        action: Action {
-            label: "message_send",
-            kind: Kind::Billed,
-        },
-        query: vec![("action".into(), "message_send".into())],
+        action: Action { label, kind },
+        query: vec![("action".into(), label.into())],
         form: None,
     }
 }
 
+fn send_call() -> Call {
+    call("message_send", Kind::Billed)
+}
+
 fn query_call() -> Call {
-    Call {
-        action: Action {
-            label: "message_status",
-            kind: Kind::Query,
-        },
-        query: vec![("action".into(), "message_status".into())],
-        form: None,
-    }
+    call("message_status", Kind::Query)
 }
 
 struct Rig {
