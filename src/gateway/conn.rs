@@ -59,7 +59,9 @@ impl ConnState {
         if self.answered.load(Ordering::SeqCst) {
             return 0;
         }
-        self.written.load(Ordering::SeqCst) - self.request_start.load(Ordering::SeqCst)
+        self.written
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.request_start.load(Ordering::SeqCst))
     }
 
     fn cut(&self) {

@@ -178,6 +178,7 @@ async fn json(
     let query = query.unwrap_or_default();
     let form = (method == Method::POST).then_some(body);
     if form.is_some() && !is_form(&headers) {
+        gateway.forwarder.count_refused_caller("other");
         return shaped(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             -4,
