@@ -15,6 +15,7 @@ use crate::net::Family;
 use crate::sendsms::Whitelist;
 use crate::util::clock::rfc3339_now;
 use crate::util::lock;
+use crate::util::waits::{Wait, Waits};
 
 /// Where one family stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -55,6 +56,9 @@ pub(crate) struct Snapshot {
     pub(crate) started_at: String,
     /// Absent when `SENDSMS_COORDINATION=none`.
     pub(crate) coordination: Option<CoordinationStatus>,
+    /// The waits in progress that last longer than a moment (a budget, a rate limit, another
+    /// member's lease), read when the snapshot is taken.
+    pub(crate) waits: Vec<Wait>,
 }
 
 /// The answer to `POST /recheck`.
@@ -81,6 +85,7 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     recheck: mpsc::Sender<RecheckRequest>,
     coordinator: Option<Arc<Coordinator>>,
+    waits: Arc<Waits>,
 }
 
 impl Shared {
@@ -90,6 +95,7 @@ impl Shared {
         stale_after: Duration,
         metrics: Arc<Metrics>,
         coordinator: Option<Arc<Coordinator>>,
+        waits: Arc<Waits>,
     ) -> (Arc<Self>, mpsc::Receiver<RecheckRequest>) {
         let (recheck, requests) = mpsc::channel(RECHECK_QUEUE);
         let shared = Shared {
@@ -106,12 +112,14 @@ impl Shared {
                 counters: Counters::default(),
                 started_at: rfc3339_now(),
                 coordination: None,
+                waits: Vec::new(),
             }),
             heartbeat: Mutex::new(Instant::now()),
             stale_after,
             metrics,
             recheck,
             coordinator,
+            waits,
         };
         (Arc::new(shared), requests)
     }
@@ -125,6 +133,7 @@ impl Shared {
         let mut snapshot = lock(&self.snapshot).clone();
         snapshot.counters = self.metrics.counters();
         snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
+        snapshot.waits = self.waits.current();
         snapshot
     }
 
