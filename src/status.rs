@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::coord::{CoordinationStatus, Coordinator};
 use crate::metrics::{Counters, Metrics};
 use crate::net::Family;
+use crate::notify::{Notifier, TargetStatus};
 use crate::sendsms::Whitelist;
 use crate::util::clock::rfc3339_now;
 use crate::util::lock;
@@ -56,6 +57,8 @@ pub(crate) struct Snapshot {
     pub(crate) started_at: String,
     /// Absent when `SENDSMS_COORDINATION=none`.
     pub(crate) coordination: Option<CoordinationStatus>,
+    /// Each notification target; absent when none is configured.
+    pub(crate) notifications: Option<Vec<TargetStatus>>,
     /// The waits in progress that last longer than a moment (a budget, a rate limit, another
     /// member's lease), read when the snapshot is taken.
     pub(crate) waits: Vec<Wait>,
@@ -85,6 +88,7 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     recheck: mpsc::Sender<RecheckRequest>,
     coordinator: Option<Arc<Coordinator>>,
+    notifier: Option<Notifier>,
     waits: Arc<Waits>,
 }
 
@@ -95,6 +99,7 @@ impl Shared {
         stale_after: Duration,
         metrics: Arc<Metrics>,
         coordinator: Option<Arc<Coordinator>>,
+        notifier: Option<Notifier>,
         waits: Arc<Waits>,
     ) -> (Arc<Self>, mpsc::Receiver<RecheckRequest>) {
         let (recheck, requests) = mpsc::channel(RECHECK_QUEUE);
@@ -112,6 +117,7 @@ impl Shared {
                 counters: Counters::default(),
                 started_at: rfc3339_now(),
                 coordination: None,
+                notifications: None,
                 waits: Vec::new(),
             }),
             heartbeat: Mutex::new(Instant::now()),
@@ -119,6 +125,7 @@ impl Shared {
             metrics,
             recheck,
             coordinator,
+            notifier,
             waits,
         };
         (Arc::new(shared), requests)
@@ -133,6 +140,7 @@ impl Shared {
         let mut snapshot = lock(&self.snapshot).clone();
         snapshot.counters = self.metrics.counters();
         snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
+        snapshot.notifications = self.notifier.as_ref().map(Notifier::status);
         snapshot.waits = self.waits.current();
         snapshot
     }

@@ -126,6 +126,7 @@ mod tests {
             stale_after,
             Arc::new(Metrics::new(None)),
             None,
+            None,
             Arc::default(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
