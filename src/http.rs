@@ -107,15 +107,20 @@ pub(crate) fn is_unreachable(error: &reqwest::Error) -> bool {
 
 /// The TLS handshake failed: most often a certificate no trusted root signed.
 pub(crate) fn is_tls_failure(error: &reqwest::Error) -> bool {
+    /// rustls' error travels inside io::Errors (two deep through hyper), whose `source`
+    /// skips what they wrap: look inside each.
+    fn is_rustls(error: &(dyn std::error::Error + 'static)) -> bool {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| is_rustls(inner))
+    }
     let mut cause = std::error::Error::source(error);
     while let Some(inner) = cause {
-        // rustls' error travels inside an io::Error, whose `source` skips it.
-        let tls = inner.downcast_ref::<rustls::Error>().is_some()
-            || inner
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some());
-        if tls {
+        if is_rustls(inner) {
             return true;
         }
         cause = inner.source();
