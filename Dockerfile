@@ -17,9 +17,11 @@ WORKDIR /src
 # Dependency layer: build every dependency against stub sources, so that editing src/
 # does not recompile the dependency graph. Only Cargo.toml and Cargo.lock invalidate it.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+# The tests' harness is a workspace member: cargo reads its manifest even to build the binary.
+COPY tests/harness/Cargo.toml tests/harness/
+RUN mkdir -p src tests/harness/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs tests/harness/src/lib.rs \
     && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu \
     && rm -rf src target/x86_64-unknown-linux-gnu/release/.fingerprint/sendsms-whitelister-*
 

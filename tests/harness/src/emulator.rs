@@ -1,0 +1,194 @@
+//! The sendSMS API emulator as a child process (`sendsms-whitelister emulator`), on loopback
+//! or on a test network's address, with its state read back over HTTP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::binary::command;
+use crate::child::Watched;
+use crate::env::Env;
+use crate::http::http_client;
+use crate::secrets::KEY;
+
+/// The account every test uses.
+pub const USERNAME: &str = "tester";
+
+/// An emulator child process with its HTTP and DNS addresses; killed and checked on drop.
+pub struct Emulator {
+    child: Watched,
+    pub addr: SocketAddr,
+    pub dns: SocketAddr,
+}
+
+impl Emulator {
+    /// `extra` are emulator flags; the account, the key and a free loopback port are added here.
+    pub async fn start(extra: &[&str]) -> Emulator {
+        Self::start_on("127.0.0.1:0", extra).await
+    }
+
+    /// The usual set-up: the key already allows the bastion 127.0.0.2, and no rate limit.
+    pub async fn bastioned(extra: &[&str]) -> Emulator {
+        let args: Vec<&str> = ["--allow", "127.0.0.2", "--rate-limit", "0"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::start(&args).await
+    }
+
+    /// On `listen` (HTTP) and the same address (UDP DNS whoami).
+    pub async fn start_on(listen: &str, extra: &[&str]) -> Emulator {
+        let mut args = vec!["emulator", "--listen", listen, "--dns-listen", listen];
+        args.extend(["--username", USERNAME, "--default-key", KEY]);
+        args.extend_from_slice(extra);
+        let child = Watched::spawn(
+            format!("emulator on {listen}"),
+            command(&[], &args, &Env::new()),
+        );
+        let announced = child
+            .wait_for_output("its two addresses", Duration::from_secs(10), |text| {
+                text.contains("dns listening on udp://") && text.ends_with('\n')
+            })
+            .await;
+        let address = |prefix: &str| -> SocketAddr {
+            announced
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .and_then(|addr| addr.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{announced}"))
+        };
+        Emulator {
+            addr: address("listening on http://"),
+            dns: address("dns listening on udp://"),
+            child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// What the emulator printed so far, checked for secrets.
+    pub fn output(&self) -> String {
+        self.child.output()
+    }
+
+    /// `/_emulator/state`: per key its whitelist, pending additions and request counts.
+    pub async fn state(&self) -> Value {
+        let body = http_client()
+            .build()
+            .expect("client")
+            .get(self.url("/_emulator/state"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("state request")
+            .bytes()
+            .await
+            .expect("state body");
+        serde_json::from_slice(&body).expect("state json")
+    }
+
+    /// (accepted, refused) for one action on key `index`.
+    pub async fn requests(&self, index: usize, action: &str) -> (u64, u64) {
+        let state = self.state().await;
+        let counts = &state["keys"][index]["requests"][action];
+        (
+            counts["accepted"].as_u64().unwrap_or(0),
+            counts["refused"].as_u64().unwrap_or(0),
+        )
+    }
+
+    /// Total sendSMS requests key 0 saw (accepted and refused, every action); injected faults
+    /// are answered before any action and not counted.
+    pub async fn api_requests(&self) -> u64 {
+        let state = self.state().await;
+        state["keys"][0]["requests"]
+            .as_object()
+            .map(|actions| {
+                actions
+                    .values()
+                    .map(|c| {
+                        c["accepted"].as_u64().unwrap_or(0) + c["refused"].as_u64().unwrap_or(0)
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Requests answered as rate-limited, for the whole account.
+    pub async fn rate_limited(&self) -> u64 {
+        self.state().await["rate_limited_requests"]
+            .as_u64()
+            .expect("rate_limited_requests in the state")
+    }
+
+    pub async fn whitelist(&self, index: usize) -> Vec<String> {
+        let state = self.state().await;
+        state["keys"][index]["whitelist"]
+            .as_array()
+            .expect("whitelist array")
+            .iter()
+            .map(|v| v.as_str().expect("string").to_owned())
+            .collect()
+    }
+
+    /// Takes `ip` off key `index`'s whitelist, as a user in the web UI would; how many went.
+    pub async fn remove_ip(&self, index: usize, ip: &str) -> u64 {
+        let answer = http_client()
+            .build()
+            .expect("client")
+            .post(self.url(&format!("/_emulator/remove-ip?key={index}&ip={ip}")))
+            .send()
+            .await
+            .expect("remove-ip request")
+            .bytes()
+            .await
+            .expect("remove-ip body");
+        let answer: Value = serde_json::from_slice(&answer).expect("remove-ip json");
+        answer["removed"].as_u64().expect("removed count")
+    }
+
+    /// Calls the API as a client bound to `from`, the way another host would.
+    pub async fn call_from(&self, from: IpAddr, params: &[(&str, &str)]) -> Value {
+        let client = http_client().local_address(from).build().expect("client");
+        let mut url = url::Url::parse(&self.url("/json")).expect("url");
+        url.query_pairs_mut().extend_pairs(params);
+        let body = client
+            .get(url)
+            .send()
+            .await
+            .expect("api call")
+            .bytes()
+            .await
+            .expect("api body");
+        serde_json::from_slice(&body).expect("api json")
+    }
+
+    /// Two honest providers run by different "operators": the HTTP echo and the DNS whoami.
+    pub fn providers(&self) -> String {
+        format!(
+            "{}#emulator-http,dns://{}/whoami.test?type=A#emulator-dns",
+            self.url("/ip"),
+            self.dns
+        )
+    }
+
+    /// The environment that points the binary at this emulator.
+    pub fn env(&self) -> Env {
+        [
+            ("SENDSMS_USERNAME", USERNAME.to_owned()),
+            ("SENDSMS_API_KEY", KEY.to_owned()),
+            ("SENDSMS_API_URL", self.url("/json")),
+            ("SENDSMS_IP_PROVIDERS", self.providers()),
+            ("SENDSMS_ALLOW_NON_PUBLIC_IPS", "true".to_owned()),
+            ("SENDSMS_VERIFY_TIMEOUT", "20s".to_owned()),
+            ("SENDSMS_REQUEST_TIMEOUT", "3s".to_owned()),
+            ("SENDSMS_LOG_FORMAT", "text".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
