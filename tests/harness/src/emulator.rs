@@ -76,18 +76,8 @@ impl Emulator {
 
     /// `/_emulator/state`: per key its whitelist, pending additions and request counts.
     pub async fn state(&self) -> Value {
-        let body = http_client()
-            .build()
-            .expect("client")
-            .get(self.url("/_emulator/state"))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .expect("state request")
-            .bytes()
-            .await
-            .expect("state body");
-        serde_json::from_slice(&body).expect("state json")
+        let client = http_client().build().expect("client");
+        json(client.get(self.url("/_emulator/state")), "state").await
     }
 
     /// (accepted, refused) for one action on key `index`.
@@ -136,17 +126,9 @@ impl Emulator {
 
     /// Takes `ip` off key `index`'s whitelist, as a user in the web UI would; how many went.
     pub async fn remove_ip(&self, index: usize, ip: &str) -> u64 {
-        let answer = http_client()
-            .build()
-            .expect("client")
-            .post(self.url(&format!("/_emulator/remove-ip?key={index}&ip={ip}")))
-            .send()
-            .await
-            .expect("remove-ip request")
-            .bytes()
-            .await
-            .expect("remove-ip body");
-        let answer: Value = serde_json::from_slice(&answer).expect("remove-ip json");
+        let client = http_client().build().expect("client");
+        let url = self.url(&format!("/_emulator/remove-ip?key={index}&ip={ip}"));
+        let answer = json(client.post(url), "remove-ip").await;
         answer["removed"].as_u64().expect("removed count")
     }
 
@@ -155,15 +137,7 @@ impl Emulator {
         let client = http_client().local_address(from).build().expect("client");
         let mut url = url::Url::parse(&self.url("/json")).expect("url");
         url.query_pairs_mut().extend_pairs(params);
-        let body = client
-            .get(url)
-            .send()
-            .await
-            .expect("api call")
-            .bytes()
-            .await
-            .expect("api body");
-        serde_json::from_slice(&body).expect("api json")
+        json(client.get(url), "api call").await
     }
 
     /// Two honest providers run by different "operators": the HTTP echo and the DNS whoami.
@@ -191,4 +165,18 @@ impl Emulator {
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
+}
+
+/// Sends `request` and decodes the JSON answer; `what` names it when that fails.
+async fn json(request: reqwest::RequestBuilder, what: &str) -> Value {
+    let body = request
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{what} body: {e}"));
+    serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{what} json: {e}: {}", String::from_utf8_lossy(&body)))
 }
