@@ -86,14 +86,22 @@ async fn two_agreeing_liars_against_one_honest_with_quorum_three_fail_with_exit_
 #[tokio::test]
 async fn a_hanging_provider_does_not_delay_a_settled_quorum() {
     let emu = Emulator::start(&["--rate-limit", "0"]).await;
+    // The slow provider would hold detection for the whole 30 s request timeout: a margin no
+    // busy machine eats, where a 3 s timeout against a 2 s limit left one second.
     let slow = fixed_http(
         "127.0.0.1:0",
         b"127.0.0.1\n".to_vec(),
-        Duration::from_secs(5),
+        Duration::from_secs(60),
     )
     .await;
     let providers = format!("{},http://{slow}/#slow", emu.providers());
-    let env = with(emu.env(), &[("SENDSMS_IP_PROVIDERS", &providers)]);
+    let env = with(
+        emu.env(),
+        &[
+            ("SENDSMS_IP_PROVIDERS", &providers),
+            ("SENDSMS_REQUEST_TIMEOUT", "30s"),
+        ],
+    );
     let detect = run(&["detect"], &env).await;
     assert_eq!(detect.code, 0, "{detect:?}");
     assert!(detect.stdout.starts_with("ipv4 127.0.0.1 "), "{detect:?}");
@@ -103,13 +111,8 @@ async fn a_hanging_provider_does_not_delay_a_settled_quorum() {
         "{detect:?}"
     );
     assert!(
-        detect.elapsed < Duration::from_secs(2),
+        detect.elapsed < Duration::from_secs(10),
         "waited for the slow provider: {detect:?}"
-    );
-    eprintln!(
-        "detection with a 5 s provider among three: {:?} ({})",
-        detect.elapsed,
-        detect.stdout.trim()
     );
 }
 
