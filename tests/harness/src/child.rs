@@ -83,10 +83,17 @@ impl Watched {
                 let output = Arc::clone(&output);
                 std::thread::spawn(move || {
                     let mut chunk = [0u8; 8192];
-                    while let Ok(read @ 1..) = pipe.read(&mut chunk) {
-                        output.streams.lock().unwrap_or_else(|p| p.into_inner())[stream]
-                            .extend_from_slice(&chunk[..read]);
-                        output.grew.send_replace(());
+                    loop {
+                        match pipe.read(&mut chunk) {
+                            Ok(0) => break,
+                            Ok(read) => {
+                                output.streams.lock().unwrap_or_else(|p| p.into_inner())[stream]
+                                    .extend_from_slice(&chunk[..read]);
+                                output.grew.send_replace(());
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
                     }
                 })
             })
@@ -119,18 +126,42 @@ impl Watched {
         text
     }
 
-    /// Waits until the output so far satisfies `done`, or panics after `within`; returns it.
+    /// Waits until the output so far (standard output, then error) satisfies `done`, or
+    /// panics after `within`; returns it.
     pub async fn wait_for_output(
         &self,
         what: &str,
         within: Duration,
         done: impl Fn(&str) -> bool,
     ) -> String {
+        self.wait_until(what, within, Output::both, done).await
+    }
+
+    /// Waits until standard output so far satisfies `done`, or panics after `within`;
+    /// returns it.
+    pub async fn wait_for_stdout(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        self.wait_until(what, within, |output| output.text(0), done)
+            .await
+    }
+
+    async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        read: impl Fn(&Output) -> String,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = tokio::time::Instant::now() + within;
         let mut grew = self.output.grew.subscribe();
         loop {
             grew.mark_unchanged();
-            let text = self.output();
+            let text = read(&self.output);
+            assert_clean(&self.label, &text);
             if done(&text) {
                 return text;
             }
@@ -139,8 +170,9 @@ impl Watched {
                 .is_err()
             {
                 panic!(
-                    "{} did not show {what} within {within:?}:\n{text}",
-                    self.label
+                    "{} did not show {what} within {within:?}:\n{}",
+                    self.label,
+                    self.output()
                 );
             }
         }

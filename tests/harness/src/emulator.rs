@@ -47,8 +47,9 @@ impl Emulator {
             command(&[], &args, &Env::new()),
         );
         let announced = child
-            .wait_for_output("its two addresses", Duration::from_secs(10), |text| {
-                text.contains("dns listening on udp://") && text.ends_with('\n')
+            .wait_for_stdout("its two addresses", Duration::from_secs(10), |text| {
+                text.split_once("dns listening on udp://")
+                    .is_some_and(|(_, rest)| rest.contains('\n'))
             })
             .await;
         let address = |prefix: &str| -> SocketAddr {
