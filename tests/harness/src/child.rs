@@ -21,7 +21,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 pub struct Exited {
     /// The exit code; -1 when a signal ended it.
     pub code: i32,
-    /// From the signal (or the start of the wait) to the exit.
+    /// From the signal (or, without one, the start of the wait) to the exit.
     pub took: Duration,
     pub stdout: String,
     pub stderr: String,
@@ -221,6 +221,7 @@ impl Watched {
             .child
             .id()
             .unwrap_or_else(|| panic!("{} is not running", self.label));
+        let signalled = Instant::now();
         let sent = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(pid.to_string())
@@ -228,7 +229,9 @@ impl Watched {
             .await
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} {} failed", self.label);
-        self.wait(within).await
+        let mut exited = self.wait(within).await;
+        exited.took = signalled.elapsed();
+        exited
     }
 
     /// SIGKILL: no clean-up at all, as when a node dies; the output is still checked.
