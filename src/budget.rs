@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 /// The provider allows 10 unbilled queries per minute per account, shared by every pod of the
 /// fleet and the app itself; this keeps one sidecar well inside that.
-pub struct ApiBudget {
+pub(crate) struct ApiBudget {
     per_window: usize,
     window: Duration,
     /// When each call of the current window started; the lock is held while waiting, so callers
@@ -17,11 +17,11 @@ pub struct ApiBudget {
 }
 
 impl ApiBudget {
-    pub fn per_minute(calls: u32) -> Self {
+    pub(crate) fn per_minute(calls: u32) -> Self {
         Self::new(calls, Duration::from_secs(60))
     }
 
-    pub fn new(calls: u32, window: Duration) -> Self {
+    pub(crate) fn new(calls: u32, window: Duration) -> Self {
         ApiBudget {
             per_window: calls.max(1) as usize,
             window,
@@ -30,7 +30,7 @@ impl ApiBudget {
     }
 
     /// Waits until a call fits in the window, then books it.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         let mut calls = self.calls.lock().await;
         loop {
             let now = Instant::now();

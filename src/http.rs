@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Why a body could not be read; carries no URL, so it is safe to show.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("the body exceeds {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the body was cut short: {0}")]
@@ -29,7 +29,7 @@ fn root_certificates() -> &'static [reqwest::Certificate] {
 /// aws-lc-rs and covers what the web PKI needs (TLS 1.2 and 1.3, ECDSA, RSA, Ed25519).
 /// reqwest panics when it builds a client with no provider installed, so every client
 /// (tests' too) is built after this.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         // Err means another provider was installed first; that one is kept.
@@ -40,7 +40,10 @@ pub fn install_crypto_provider() {
 /// The base of every client: no proxy from the environment (a corporate proxy would report its
 /// own address as ours, or see the key), no redirects (a redirect could carry the key's query
 /// string elsewhere), a timeout on everything, and keep-alive.
-pub fn client_builder(timeout: Duration, local_address: Option<IpAddr>) -> reqwest::ClientBuilder {
+pub(crate) fn client_builder(
+    timeout: Duration,
+    local_address: Option<IpAddr>,
+) -> reqwest::ClientBuilder {
     install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
@@ -55,7 +58,7 @@ pub fn client_builder(timeout: Duration, local_address: Option<IpAddr>) -> reqwe
 
 /// A reqwest error as text without the URL, which may carry the API key. reqwest's own
 /// Display stops at "error sending request"; the causes below it say what really happened.
-pub fn describe(error: reqwest::Error) -> String {
+pub(crate) fn describe(error: reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
@@ -77,7 +80,7 @@ pub fn describe(error: reqwest::Error) -> String {
 }
 
 /// Reads at most `limit` bytes of body; more is an error, not a truncation.
-pub async fn read_capped(
+pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Vec<u8>, BodyError> {

@@ -1,5 +1,5 @@
-//! Entry point; everything lives in the library so tests and the demo share it.
+//! Entry point; everything lives in the library, whose `main` maps every failure to its exit code.
 
 fn main() -> std::process::ExitCode {
-    sendsms_whitelister::cli::main()
+    sendsms_whitelister::main()
 }

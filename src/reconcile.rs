@@ -2,81 +2,115 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
 
-use crate::detect::Family;
-use crate::sendsms::{AddOutcome, ApiError, Class, Client, Whitelist};
+use crate::net::Family;
+use crate::sendsms::{Added, ApiError, Routes, Verdict, Whitelist};
+use crate::util::backoff::Backoff;
+use crate::util::clock::rfc3339_ms;
+
+/// A boxed future, so the API can be a trait object (the real routes, or a fake in tests).
+pub(crate) type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
+
+/// The two whitelist calls the reconciler makes, and what it needs to know of their routes.
+///
+/// Contract: `list_ips` calls `token_list_ips` with the locked key over the direct route of
+/// `family`, exactly as the SMS-sending app would; it only reads, so it may be retried.
+/// `add_ip` calls `token_add_ip` once through the bootstrap route; "already listed" is
+/// `Ok(Added::Duplicate)`. Neither retries by itself: the reconciler decides on `ApiError::verdict`.
+pub(crate) trait Api: Send + Sync {
+    fn list_ips(&self, family: Family) -> ApiFuture<'_, Whitelist>;
+    fn add_ip(&self, ip: IpAddr) -> ApiFuture<'_, Added>;
+    /// How the bootstrap route is described in errors, such as "bootstrap proxy http://b:3128".
+    fn bootstrap_route(&self) -> String;
+    /// True when no bootstrap path is configured and writes go the direct route.
+    fn bootstrap_is_direct(&self) -> bool;
+}
+
+impl Api for Routes {
+    fn list_ips(&self, family: Family) -> ApiFuture<'_, Whitelist> {
+        Box::pin(self.direct(family).list_ips())
+    }
+
+    fn add_ip(&self, ip: IpAddr) -> ApiFuture<'_, Added> {
+        Box::pin(self.bootstrap().add_ip(ip))
+    }
+
+    fn bootstrap_route(&self) -> String {
+        self.bootstrap().route().to_owned()
+    }
+
+    fn bootstrap_is_direct(&self) -> bool {
+        Routes::bootstrap_is_direct(self)
+    }
+}
 
 /// Delays between attempts: exponential with jitter, so a fleet that lost its IP together does
-/// not retry in step; a rate-limit answer waits at least `rate_limited_pause`.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    pub rate_limited_pause: Duration,
-}
+/// not retry in step.
+const RETRY: Backoff = Backoff {
+    min: Duration::from_millis(500),
+    max: Duration::from_secs(10),
+    jitter: 0.5,
+};
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            min_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(10),
-            rate_limited_pause: Duration::from_secs(6),
-        }
-    }
-}
+/// A rate-limit answer waits at least this long: the provider counts calls per minute.
+const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(6);
 
-impl RetryPolicy {
-    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_factor(2.0)
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .without_max_times()
-            .build()
-    }
-}
-
-/// How `ensure` ended well.
+/// How an IP came to be proven usable.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The direct path already worked and listed the IP: nothing was written.
+pub(crate) enum Source {
+    /// The direct route already worked and listed the IP: nothing was written.
     AlreadyListed,
-    /// `token_add_ip` was called through the bootstrap path, then the direct path proved it.
-    Added { add: AddOutcome, checks: u32 },
+    /// `token_add_ip` went through the bootstrap route (`duplicate`: the API said it was listed
+    /// already), then `checks` direct reads proved it.
+    Added { duplicate: bool, checks: u32 },
+    /// Another member of the fleet proved it for the same egress IP and shared the record.
+    Peer { by: String, verified_at_ms: u64 },
 }
 
+/// The one result of the whitelist flow: `ip` works for the key from here.
 #[derive(Clone, Debug)]
-pub struct Report {
-    pub ip: IpAddr,
-    pub outcome: Outcome,
-    pub whitelist: Whitelist,
-    pub elapsed: Duration,
+pub(crate) struct Proof {
+    pub(crate) ip: IpAddr,
+    pub(crate) source: Source,
+    /// The whitelist as this process read it; None when a fleet record proved the IP.
+    pub(crate) whitelist: Option<Whitelist>,
+    pub(crate) elapsed: Duration,
 }
 
-impl fmt::Display for Report {
+impl fmt::Display for Proof {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64();
-        match &self.outcome {
-            Outcome::AlreadyListed => write!(
+        let ip = self.ip;
+        match &self.source {
+            Source::AlreadyListed => write!(
                 f,
-                "{} is already whitelisted and the key works from it; nothing written ({secs:.2}s)",
-                self.ip
+                "{ip} is already whitelisted and the key works from it; nothing written ({secs:.2}s)"
             ),
-            Outcome::Added { add, checks } => write!(
+            Source::Added { duplicate, checks } => {
+                write!(
+                    f,
+                    "{ip} {} and verified from this host after {checks} check{} ({secs:.2}s)",
+                    if *duplicate {
+                        "was already on the whitelist (API said duplicate)"
+                    } else {
+                        "whitelisted"
+                    },
+                    if *checks == 1 { "" } else { "s" },
+                )?;
+                if let Some(whitelist) = &self.whitelist {
+                    write!(f, "; whitelist: {whitelist}")?;
+                }
+                Ok(())
+            }
+            Source::Peer { by, verified_at_ms } => write!(
                 f,
-                "{} {} and verified from this host after {checks} check{} ({secs:.2}s); whitelist: {}",
-                self.ip,
-                match add {
-                    AddOutcome::Added => "whitelisted",
-                    AddOutcome::AlreadyListed =>
-                        "was already on the whitelist (API said duplicate)",
-                },
-                if *checks == 1 { "" } else { "s" },
-                self.whitelist
+                "{ip} was verified by fleet member {by} at {}; nothing written",
+                rfc3339_ms(*verified_at_ms)
             ),
         }
     }
@@ -84,21 +118,22 @@ impl fmt::Display for Report {
 
 /// What `check` found, read-only.
 #[derive(Clone, Debug)]
-pub struct CheckReport {
-    pub ip: IpAddr,
+pub(crate) struct CheckReport {
+    pub(crate) ip: IpAddr,
     /// None when the key was refused from here, so the whitelist could not be read.
-    pub whitelist: Option<Whitelist>,
-    pub refusal: Option<String>,
+    pub(crate) whitelist: Option<Whitelist>,
+    pub(crate) refusal: Option<String>,
 }
 
 impl CheckReport {
-    pub fn usable(&self) -> bool {
+    /// The key works from here and its whitelist lists the IP.
+    pub(crate) fn usable(&self) -> bool {
         self.whitelist.as_ref().is_some_and(|w| w.covers(self.ip))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     #[error("the API refused token_add_ip for {ip} through {path}: {cause}. {hint}")]
     BootstrapRefused {
         ip: IpAddr,
@@ -111,14 +146,6 @@ pub enum ReconcileError {
         ip: IpAddr,
         waited: Duration,
         last: String,
-    },
-    #[error(
-        "another member of the fleet ({holder}) has been whitelisting {ip} for {waited:.0?} without sharing a record; trying again later"
-    )]
-    PeerBusy {
-        ip: IpAddr,
-        holder: String,
-        waited: Duration,
     },
     #[error("the API stayed unusable during {during} for {waited:.0?}: {cause}")]
     ApiUnavailable {
@@ -140,55 +167,41 @@ enum Exhausted {
     OutOfTime { last: String },
 }
 
-pub struct Reconciler {
-    /// One direct client per family, each pinned to it: the proof for an IPv4 address must
-    /// leave over IPv4, or it would prove some other address.
-    direct: [Client; 2],
-    bootstrap: Client,
-    bootstrap_is_direct: bool,
+/// Makes one egress IP whitelisted and proves it from this host: read directly, write through
+/// the bootstrap path only when needed, then read directly under backoff until the key works
+/// and lists the IP, or the verify timeout runs out. Only reads are ever repeated; a write is
+/// repeated only after the API refused it (rate limit, transient fault), never after success.
+pub(crate) struct Reconciler {
+    api: Arc<dyn Api>,
     verify_timeout: Duration,
-    retry: RetryPolicy,
 }
 
 impl Reconciler {
-    pub fn new(
-        direct: [Client; 2],
-        bootstrap: Client,
-        bootstrap_is_direct: bool,
-        verify_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(api: Arc<dyn Api>, verify_timeout: Duration) -> Self {
         Reconciler {
-            direct,
-            bootstrap,
-            bootstrap_is_direct,
+            api,
             verify_timeout,
-            retry: RetryPolicy::default(),
         }
-    }
-
-    fn direct(&self, ip: IpAddr) -> &Client {
-        &self.direct[Family::of(ip) as usize]
     }
 
     /// Steps 3 to 5 of the flow: read from here, write through the bootstrap path only when
     /// needed, then prove from here under backoff until `verify_timeout` runs out.
-    pub async fn ensure(&self, ip: IpAddr) -> Result<Report, ReconcileError> {
+    pub(crate) async fn ensure(&self, ip: IpAddr) -> Result<Proof, ReconcileError> {
         let started = Instant::now();
-        let first_read = self.direct(ip).list_ips().await;
+        let first_read = self.api.list_ips(Family::of(ip)).await;
         self.ensure_after_read(ip, first_read, started).await
     }
 
     /// `ensure` with the first read made while `detection` runs: the read does not need the
     /// address, so a start costs one round trip less (the floor is max(detect, read) + add + read).
     /// A detection error is returned as is; the read it overlapped is then wasted, one call.
-    pub async fn ensure_detected<E>(
+    pub(crate) async fn ensure_detected<E>(
         &self,
         family: Family,
         detection: impl Future<Output = Result<IpAddr, E>>,
-    ) -> Result<Result<Report, ReconcileError>, E> {
+    ) -> Result<Result<Proof, ReconcileError>, E> {
         let started = Instant::now();
-        let (detected, first_read) =
-            tokio::join!(detection, self.direct[family as usize].list_ips());
+        let (detected, first_read) = tokio::join!(detection, self.api.list_ips(family));
         let ip = detected?;
         Ok(self.ensure_after_read(ip, first_read, started).await)
     }
@@ -198,22 +211,25 @@ impl Reconciler {
         ip: IpAddr,
         first_read: Result<Whitelist, ApiError>,
         started: Instant,
-    ) -> Result<Report, ReconcileError> {
+    ) -> Result<Proof, ReconcileError> {
         let deadline = started + self.verify_timeout;
-        let report = |outcome, whitelist| Report {
+        let family = Family::of(ip);
+        let proof = |source, whitelist| Proof {
             ip,
-            outcome,
-            whitelist,
+            source,
+            whitelist: Some(whitelist),
             elapsed: started.elapsed(),
         };
 
-        let direct = self.direct(ip);
         let first_read = match first_read {
             // Throttled or unanswered, the read says nothing about the whitelist: ask again
             // rather than spend a write (and its proof) on an address that may be listed.
-            Err(e) if matches!(direct.class_of(&e), Class::RateLimited | Class::Transient) => {
+            Err(e) if e.verdict().is_retryable() => {
                 tracing::info!(%ip, cause = %e, "no answer about the whitelist yet; reading again");
-                match self.read_until_answered(direct, deadline).await {
+                match self
+                    .read_until_answered(family, deadline, Some(e.clone()))
+                    .await
+                {
                     Ok(read) => read,
                     Err(Exhausted::Stopped(e)) => Err(e),
                     Err(Exhausted::OutOfTime { .. }) => Err(e),
@@ -224,7 +240,7 @@ impl Reconciler {
         match first_read {
             Ok(whitelist) if whitelist.covers(ip) => {
                 tracing::info!(%ip, "already whitelisted; the key works from this host");
-                return Ok(report(Outcome::AlreadyListed, whitelist));
+                return Ok(proof(Source::AlreadyListed, whitelist));
             }
             Ok(whitelist) => {
                 tracing::info!(%ip, whitelist = %whitelist, "the key works here but does not list this IP")
@@ -232,17 +248,17 @@ impl Reconciler {
             Err(e) => tracing::info!(%ip, cause = %e, "the key does not work from this host yet"),
         }
 
-        let add = self
-            .with_backoff(deadline, async || match self.bootstrap.add_ip(ip).await {
-                Ok(outcome) => Attempt::Done(outcome),
-                Err(e) => self.retry_or_stop(&self.bootstrap, e),
+        let added = self
+            .with_backoff(deadline, async || match self.api.add_ip(ip).await {
+                Ok(added) => Attempt::Done(added),
+                Err(e) => retry_or_stop(e),
             })
             .await
             .map_err(|exhausted| match exhausted {
                 Exhausted::Stopped(cause) => ReconcileError::BootstrapRefused {
                     ip,
-                    path: self.bootstrap.route().to_owned(),
-                    hint: if self.bootstrap_is_direct {
+                    path: self.api.bootstrap_route(),
+                    hint: if self.api.bootstrap_is_direct() {
                         "This host is not authorized to change the whitelist: set SENDSMS_BOOTSTRAP_PROXY \
                          (a proxy whose egress IP is whitelisted) or SENDSMS_BOOTSTRAP_BIND (a local \
                          address that is), or add the IP once in the sendSMS web account."
@@ -258,13 +274,13 @@ impl Reconciler {
                     cause: last,
                 },
             })?;
-        tracing::info!(%ip, path = self.bootstrap.route(), ?add, "token_add_ip accepted");
+        tracing::info!(%ip, path = %self.api.bootstrap_route(), ?added, "token_add_ip accepted");
 
         let mut checks = 0u32;
         let verified = self
             .with_backoff(deadline, async || {
                 checks += 1;
-                match direct.list_ips().await {
+                match self.api.list_ips(family).await {
                     Ok(whitelist) if whitelist.covers(ip) => Attempt::Done(whitelist),
                     Ok(whitelist) => Attempt::Again {
                         why: format!(
@@ -273,19 +289,20 @@ impl Reconciler {
                         rate_limited: false,
                     },
                     // Right after the add, a refusal from here is the provider still propagating.
-                    Err(e) if direct.class_of(&e) == Class::AuthRefused => Attempt::Again {
+                    Err(e) if e.verdict() == Verdict::AuthRefused => Attempt::Again {
                         why: format!("the key is still refused from this host: {e}"),
                         rate_limited: false,
                     },
-                    Err(e) => self.retry_or_stop(direct, e),
+                    Err(e) => retry_or_stop(e),
                 }
             })
             .await;
         match verified {
             Ok(whitelist) => {
-                let report = report(Outcome::Added { add, checks }, whitelist);
-                tracing::info!(%ip, checks, elapsed = ?report.elapsed, "verified from this host");
-                Ok(report)
+                let duplicate = added == Added::Duplicate;
+                let proof = proof(Source::Added { duplicate, checks }, whitelist);
+                tracing::info!(%ip, checks, elapsed = ?proof.elapsed, "verified from this host");
+                Ok(proof)
             }
             Err(Exhausted::Stopped(cause)) => Err(ReconcileError::NotVerified {
                 ip,
@@ -301,26 +318,22 @@ impl Reconciler {
     }
 
     /// Read-only: does the key work from here, and does its whitelist list `ip`?
-    pub async fn check(&self, ip: IpAddr) -> Result<CheckReport, ReconcileError> {
+    pub(crate) async fn check(&self, ip: IpAddr) -> Result<CheckReport, ReconcileError> {
         let started = Instant::now();
         let deadline = started + self.verify_timeout;
-        let listed = self.read_until_answered(self.direct(ip), deadline).await;
-        match listed {
-            Ok(Ok(whitelist)) => Ok(CheckReport {
-                ip,
-                whitelist: Some(whitelist),
-                refusal: None,
-            }),
-            Ok(Err(refusal)) => Ok(CheckReport {
-                ip,
-                whitelist: None,
-                refusal: Some(refusal.to_string()),
-            }),
-            Err(Exhausted::Stopped(cause)) => Ok(CheckReport {
-                ip,
-                whitelist: None,
-                refusal: Some(cause.to_string()),
-            }),
+        let report = |whitelist, refusal| CheckReport {
+            ip,
+            whitelist,
+            refusal,
+        };
+        match self
+            .read_until_answered(Family::of(ip), deadline, None)
+            .await
+        {
+            Ok(Ok(whitelist)) => Ok(report(Some(whitelist), None)),
+            Ok(Err(refusal)) | Err(Exhausted::Stopped(refusal)) => {
+                Ok(report(None, Some(refusal.to_string())))
+            }
             Err(Exhausted::OutOfTime { last }) => Err(ReconcileError::ApiUnavailable {
                 during: "token_list_ips",
                 waited: started.elapsed(),
@@ -331,31 +344,26 @@ impl Reconciler {
 
     /// `token_list_ips` from here until it answers: the whitelist, or a refusal of the key
     /// (itself an answer); throttling and transient failures are retried until `deadline`.
+    /// `failed`: a read that already failed, which counts as the first attempt, so its pause
+    /// (six seconds after a rate limit) is kept before the next one.
     async fn read_until_answered(
         &self,
-        direct: &Client,
+        family: Family,
         deadline: Instant,
+        mut failed: Option<ApiError>,
     ) -> Result<Result<Whitelist, ApiError>, Exhausted> {
-        self.with_backoff(deadline, async || match direct.list_ips().await {
-            Ok(whitelist) => Attempt::Done(Ok(whitelist)),
-            Err(e) if direct.class_of(&e) == Class::AuthRefused => Attempt::Done(Err(e)),
-            Err(e) => self.retry_or_stop(direct, e),
+        self.with_backoff(deadline, async || {
+            let read = match failed.take() {
+                Some(e) => Err(e),
+                None => self.api.list_ips(family).await,
+            };
+            match read {
+                Ok(whitelist) => Attempt::Done(Ok(whitelist)),
+                Err(e) if e.verdict() == Verdict::AuthRefused => Attempt::Done(Err(e)),
+                Err(e) => retry_or_stop(e),
+            }
         })
         .await
-    }
-
-    fn retry_or_stop<T>(&self, client: &Client, error: ApiError) -> Attempt<T> {
-        match client.class_of(&error) {
-            Class::RateLimited => Attempt::Again {
-                why: error.to_string(),
-                rate_limited: true,
-            },
-            Class::Transient => Attempt::Again {
-                why: error.to_string(),
-                rate_limited: false,
-            },
-            _ => Attempt::Stop(error),
-        }
     }
 
     async fn with_backoff<T>(
@@ -363,7 +371,7 @@ impl Reconciler {
         deadline: Instant,
         mut attempt: impl AsyncFnMut() -> Attempt<T>,
     ) -> Result<T, Exhausted> {
-        let mut delays = self.retry.delays();
+        let mut delays = RETRY.delays();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -373,9 +381,9 @@ impl Reconciler {
                 Attempt::Again { why, rate_limited } => (why, rate_limited),
             };
             let now = Instant::now();
-            let mut delay = delays.next().unwrap_or(self.retry.max_delay);
+            let mut delay = delays.next().unwrap_or(RETRY.max);
             if rate_limited {
-                delay = delay.max(self.retry.rate_limited_pause);
+                delay = delay.max(RATE_LIMITED_PAUSE);
             }
             if now + delay >= deadline {
                 // One last attempt at the deadline beats giving up early with time left.
@@ -387,5 +395,199 @@ impl Reconciler {
             tracing::debug!(attempt = attempts, ?delay, reason = %why, "retrying");
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// Throttled and transient failures are tried again; anything else ends the attempt.
+fn retry_or_stop<T>(error: ApiError) -> Attempt<T> {
+    match error.verdict() {
+        Verdict::RateLimited => Attempt::Again {
+            why: error.to_string(),
+            rate_limited: true,
+        },
+        Verdict::Transient => Attempt::Again {
+            why: error.to_string(),
+            rate_limited: false,
+        },
+        _ => Attempt::Stop(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ADD, FakeApi, LIST};
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    fn reconciler(api: &Arc<FakeApi>, timeout: Duration) -> Reconciler {
+        let api: Arc<dyn Api> = api.clone();
+        Reconciler::new(api, timeout)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listed_ip_is_proven_by_one_read_and_nothing_is_written() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[here]);
+        let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        assert_eq!(proof.source, Source::AlreadyListed);
+        assert_eq!((api.calls(LIST), api.calls(ADD)), (1, 0));
+        assert!(proof.whitelist.is_some_and(|w| w.covers(here)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_ip_is_added_once_then_proven_after_the_propagation_delay() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.propagation = Duration::from_secs(3));
+        let started = Instant::now();
+        let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        let Source::Added { duplicate, checks } = proof.source else {
+            panic!("{proof}");
+        };
+        assert!(!duplicate);
+        assert!(
+            checks >= 2,
+            "the first checks ran before the address took effect"
+        );
+        assert_eq!(api.calls(ADD), 1, "one write");
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        assert!(
+            started.elapsed() < Duration::from_secs(3) + RETRY.max + RETRY.max / 2,
+            "proven within one backoff step of taking effect: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_proof_waits_until_the_whitelist_lists_the_ip() {
+        // A Cloud-like key reads the whitelist from anywhere, so only `covers` tells the
+        // address is not listed yet.
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[ip("198.51.100.1")]);
+        api.with(|s| {
+            s.cloud = true;
+            s.propagation = Duration::from_secs(2);
+        });
+        let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        assert!(
+            matches!(proof.source, Source::Added { checks, .. } if checks >= 2),
+            "{proof}"
+        );
+        assert!(proof.whitelist.is_some_and(|w| w.covers(here)));
+        assert_eq!(api.calls(ADD), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_answer_pauses_at_least_six_seconds() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[here]);
+        api.refuse_next(LIST, -4096);
+        let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        assert_eq!(
+            proof.source,
+            Source::AlreadyListed,
+            "a throttled read is read again"
+        );
+        let times = api.call_times(LIST);
+        assert_eq!(times.len(), 2);
+        assert!(
+            times[1] - times[0] >= RATE_LIMITED_PAUSE,
+            "{:?}",
+            times[1] - times[0]
+        );
+        assert_eq!(api.calls(ADD), 0, "no write was spent on a listed address");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_faults_are_retried_and_the_write_is_not_repeated_after_success() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        api.drop_next(LIST);
+        api.drop_next(ADD);
+        api.refuse_next(ADD, -16);
+        api.drop_next(LIST);
+        let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        assert!(matches!(proof.source, Source::Added { .. }), "{proof}");
+        // Two refused or lost adds, then the one that succeeded.
+        assert_eq!(api.calls(ADD), 3);
+        assert!(api.with(|s| s.scripted.is_empty()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_bootstrap_path_fails_at_once_with_a_hint() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.bootstrap_authorized = false);
+        let started = Instant::now();
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("refused");
+        assert!(matches!(e, ReconcileError::BootstrapRefused { .. }), "{e}");
+        assert!(e.to_string().contains("Locked On IP"), "{e}");
+        assert_eq!(api.calls(ADD), 1, "an auth refusal is not retried");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        api.with(|s| s.bootstrap_is_direct = true);
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("SENDSMS_BOOTSTRAP_PROXY"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verification_stops_at_the_deadline() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.propagation = Duration::from_secs(3600));
+        let started = Instant::now();
+        let e = reconciler(&api, Duration::from_secs(20))
+            .ensure(here)
+            .await
+            .expect_err("never proven");
+        assert!(matches!(e, ReconcileError::NotVerified { .. }), "{e}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(20),
+            "one last try at the deadline"
+        );
+        assert_eq!(api.calls(ADD), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn check_reads_only() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        let report = reconciler(&api, TIMEOUT).check(here).await.expect("report");
+        assert!(!report.usable());
+        assert!(report.refusal.is_some_and(|r| r.contains("-8")));
+        api.with(|s| s.listed.push((here, Instant::now())));
+        let report = reconciler(&api, TIMEOUT).check(here).await.expect("report");
+        assert!(report.usable());
+        assert_eq!((api.calls(LIST), api.calls(ADD)), (2, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_read_overlaps_detection() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[here]);
+        let detection = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok::<_, ()>(here)
+        };
+        let started = Instant::now();
+        let proof = reconciler(&api, TIMEOUT)
+            .ensure_detected(Family::V4, detection)
+            .await
+            .expect("detected")
+            .expect("proof");
+        assert_eq!(proof.source, Source::AlreadyListed);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert!(api.call_times(LIST)[0] < started + Duration::from_secs(1));
     }
 }

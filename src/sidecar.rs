@@ -1,154 +1,47 @@
-//! `run`: follow the egress IP for the life of the pod, keep it whitelisted and verified, report readiness.
+//! The control loop of `run`: follow the egress IP for the life of the pod, keep it whitelisted and verified.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::budget::ApiBudget;
-use crate::config::Config;
-use crate::coord::{CoordinationStatus, Coordinator, Proof};
-use crate::detect::{Detector, Family};
-use crate::metrics::{CallLabels, FamilyLabels, Metrics, ModeLabels};
-use crate::reconcile::{Outcome, Reconciler};
-use crate::sendsms::{CallObserver, Class, Whitelist};
-use crate::state::{StateFile, VerifiedIp, unix_now_ms};
+use crate::detect::Detector;
+use crate::flow::Flow;
+use crate::metrics::Metrics;
+use crate::net::Family;
+use crate::notify::{Event, Kind, Notifier};
+use crate::reconcile::{Proof, Source};
+use crate::state::{StateFile, VerifiedIp};
+use crate::status::{FamilyStatus, Phase, RecheckRequest, RecheckResult, Shared};
+use crate::util::backoff::{Backoff, jittered};
+use crate::util::clock::{rfc3339_ms, rfc3339_now, unix_now_ms};
 
-/// Where one family stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    #[default]
-    Detecting,
-    Verifying,
-    Verified,
-    Failed,
+/// What the loop needs from the configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) families: Vec<Family>,
+    /// How often the egress IP is detected (jittered ±10 %).
+    pub(crate) poll_interval: Duration,
+    /// How often an unchanged IP is proven again.
+    pub(crate) reverify_interval: Duration,
+    /// A recheck sooner than this after the last one is answered from it.
+    pub(crate) recheck_min_interval: Duration,
+    pub(crate) state_file: Option<StateFile>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FamilyStatus {
-    pub phase: Phase,
-    /// The address detection reported last.
-    pub current_ip: Option<IpAddr>,
-    pub verified_ip: Option<IpAddr>,
-    pub verified_at: Option<String>,
-    pub last_detected_at: Option<String>,
-    /// Set while detection fails; the last verified state is kept meanwhile.
-    pub detection_error: Option<String>,
-    pub last_error: Option<String>,
-}
+/// A failed round is tried again after 5 s, doubling, at most the poll interval (and 5 min).
+const RETRY: Backoff = Backoff {
+    min: Duration::from_secs(5),
+    max: Duration::from_secs(5 * 60),
+    jitter: 0.0,
+};
 
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Counters {
-    pub detections: u64,
-    pub detection_failures: u64,
-    pub ip_changes: u64,
-    pub verifications: u64,
-    pub verification_failures: u64,
-    pub rechecks: u64,
-    pub api_calls: u64,
-}
-
-/// What `/status` answers, and what `/readyz` decides on.
-#[derive(Clone, Debug, Serialize)]
-pub struct Snapshot {
-    pub ready: bool,
-    pub reason: String,
-    pub families: BTreeMap<Family, FamilyStatus>,
-    pub whitelist: Option<Whitelist>,
-    pub whitelist_seen_at: Option<String>,
-    pub last_error: Option<String>,
-    pub counters: Counters,
-    pub started_at: String,
-    /// Absent when `SENDSMS_COORDINATION=none`.
-    pub coordination: Option<CoordinationStatus>,
-}
-
-/// The answer to `POST /recheck`.
-#[derive(Clone, Debug, Serialize)]
-pub struct RecheckResult {
-    /// False when a recheck ran too recently and this one was answered from it.
-    pub rechecked: bool,
-    pub status: Snapshot,
-}
-
-pub type RecheckRequest = oneshot::Sender<RecheckResult>;
-
-/// State the control loop writes and the status server reads.
-pub struct Shared {
-    snapshot: Mutex<Snapshot>,
-    heartbeat: Mutex<Instant>,
-    stale_after: Duration,
-    pub metrics: Metrics,
-    pub recheck: mpsc::Sender<RecheckRequest>,
-    coordinator: Option<Arc<Coordinator>>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Snapshot> {
-        self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        let mut snapshot = self.lock().clone();
-        snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
-        snapshot
-    }
-
-    /// The control loop is alive when it checked in within the longest a round may take.
-    pub fn alive(&self) -> bool {
-        let last = *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
-        last.elapsed() <= self.stale_after
-    }
-
-    fn beat(&self) {
-        *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-    }
-}
-
-fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
-fn timestamp_of(unix: u64) -> String {
-    timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
-}
-
-/// Every sendSMS call passes the budget first (this member's, then the fleet's) and is
-/// counted after.
-struct Accounting {
-    budget: ApiBudget,
-    per_minute: u32,
-    shared: Arc<Shared>,
-}
-
-impl CallObserver for Accounting {
-    fn before_call(&self, _action: &'static str) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async {
-            self.budget.acquire().await;
-            if let Some(coordinator) = &self.shared.coordinator {
-                coordinator.acquire_budget(self.per_minute).await;
-            }
-        })
-    }
-
-    fn after_call(&self, action: &'static str, class: Class) {
-        self.shared
-            .metrics
-            .api_calls
-            .get_or_create(&CallLabels {
-                action,
-                outcome: class.label(),
-            })
-            .inc();
-        self.shared.lock().counters.api_calls += 1;
-    }
-}
+/// Polls spread ±10 %, so a fleet started together does not poll in step.
+const POLL_JITTER: f64 = 0.1;
 
 /// Per-family memory of the control loop.
 #[derive(Default)]
@@ -158,88 +51,46 @@ struct Tracked {
     retry_at: Option<Instant>,
 }
 
-const RETRY_MIN: Duration = Duration::from_secs(5);
-const RETRY_MAX: Duration = Duration::from_secs(5 * 60);
-
-pub struct Sidecar {
-    config: Config,
+/// The loop: one round per poll (or recheck) detects every family, and proves a new or
+/// stale IP through the flow; readiness and the state file follow each round.
+pub(crate) struct Sidecar {
+    settings: Settings,
     detector: Detector,
-    reconciler: Reconciler,
-    /// Builds fresh clients: after an egress change, a kept-alive connection from the old
-    /// address could hang, or worse, "prove" the new address over the old route.
-    make_reconciler: Box<dyn Fn() -> Result<Reconciler, crate::cli::Failure> + Send>,
-    state_file: Option<StateFile>,
+    flow: Flow,
     shared: Arc<Shared>,
+    notifier: Option<Notifier>,
     tracked: BTreeMap<Family, Tracked>,
     was_ready: bool,
 }
 
 impl Sidecar {
-    /// Builds the loop and the state it shares; `reconciler` gets the budgeted, counted clients.
-    pub fn new(
-        config: Config,
-        make_reconciler: impl Fn(Arc<dyn CallObserver>) -> Result<Reconciler, crate::cli::Failure>
-        + Send
-        + 'static,
-    ) -> Result<(Self, Arc<Shared>, mpsc::Receiver<RecheckRequest>), crate::cli::Failure> {
-        let (recheck, requests) = mpsc::channel(64);
-        let metrics = Metrics::default();
-        let coordinator = Coordinator::from_config(&config, metrics.coordination.clone())?;
-        metrics
-            .coordination_mode
-            .get_or_create(&ModeLabels {
-                mode: config.coordination.mode(),
-            })
-            .set(1);
-        let families = config.detection.families.len() as u32;
-        // A coordinated member may wait for a lease holder longer than it would verify alone.
-        let verification = coordinator
-            .as_ref()
-            .map_or(config.verify_timeout, |c| c.wait_limit());
-        let round = config.detection.timeout + verification;
-        let shared = Arc::new(Shared {
-            snapshot: Mutex::new(Snapshot {
-                ready: false,
-                reason: "starting: the egress IP is not detected yet".into(),
-                families: config
-                    .detection
-                    .families
-                    .iter()
-                    .map(|f| (*f, FamilyStatus::default()))
-                    .collect(),
-                whitelist: None,
-                whitelist_seen_at: None,
-                last_error: None,
-                counters: Counters::default(),
-                started_at: timestamp(SystemTime::now()),
-                coordination: None,
-            }),
-            heartbeat: Mutex::new(Instant::now()),
-            stale_after: config.poll_interval.mul_f64(1.2)
-                + round * families.max(1)
-                + Duration::from_secs(30),
+    /// Builds the loop and the state it shares with the servers; restores verified IPs from
+    /// the state file.
+    pub(crate) fn new(
+        settings: Settings,
+        detector: Detector,
+        flow: Flow,
+        metrics: Arc<Metrics>,
+        notifier: Option<Notifier>,
+    ) -> (Self, Arc<Shared>, mpsc::Receiver<RecheckRequest>) {
+        let families = settings.families.len().max(1) as u32;
+        let round = detector.timeout() + flow.time_limit();
+        let stale_after = settings.poll_interval.mul_f64(1.0 + POLL_JITTER * 2.0)
+            + round * families
+            + Duration::from_secs(30);
+        let (shared, requests) = Shared::new(
+            &settings.families,
+            stale_after,
             metrics,
-            recheck,
-            coordinator,
-        });
-        let accounting = Arc::new(Accounting {
-            budget: ApiBudget::per_minute(config.api_budget),
-            per_minute: config.api_budget,
-            shared: Arc::clone(&shared),
-        });
-        let observer: Arc<dyn CallObserver> = accounting;
-        let reconciler = make_reconciler(Arc::clone(&observer))?;
-        let make_reconciler = Box::new(move || make_reconciler(Arc::clone(&observer)));
-        let state_file = config.state_file.clone().map(|path| {
-            StateFile::new(path, &config.credentials.username, config.api_url.as_str())
-        });
-        let mut tracked: BTreeMap<Family, Tracked> = config
-            .detection
+            flow.coordinator().cloned(),
+            notifier.clone(),
+        );
+        let mut tracked: BTreeMap<Family, Tracked> = settings
             .families
             .iter()
             .map(|f| (*f, Tracked::default()))
             .collect();
-        if let Some(file) = &state_file {
+        if let Some(file) = &settings.state_file {
             for entry in file.load() {
                 if let Some(slot) = tracked.get_mut(&entry.family) {
                     tracing::info!(ip = %entry.ip, family = %entry.family, "verified IP restored from the state file");
@@ -248,21 +99,21 @@ impl Sidecar {
             }
         }
         let sidecar = Sidecar {
-            detector: Detector::new(&config.detection),
-            config,
-            reconciler,
-            make_reconciler,
-            state_file,
+            settings,
+            detector,
+            flow,
             shared: Arc::clone(&shared),
+            notifier,
             tracked,
             was_ready: false,
         };
-        Ok((sidecar, shared, requests))
+        (sidecar, shared, requests)
     }
 
     /// The control loop; returns when `shutdown` resolves, abandoning any round in progress
-    /// (the state file is only ever replaced whole, so nothing is left half-written).
-    pub async fn run(
+    /// (the state file is only ever replaced whole, so nothing is left half-written) and
+    /// handing back a lease held mid-work.
+    pub(crate) async fn run(
         mut self,
         mut rechecks: mpsc::Receiver<RecheckRequest>,
         shutdown: impl Future<Output = ()>,
@@ -281,7 +132,7 @@ impl Sidecar {
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => {
                         self.round(false).await;
-                        next_poll = Instant::now() + jittered(self.config.poll_interval);
+                        next_poll = Instant::now() + jittered(self.settings.poll_interval, POLL_JITTER);
                     }
                     Some(first) = rechecks.recv() => {
                         // Everyone who asked while we were busy shares this one answer.
@@ -289,12 +140,12 @@ impl Sidecar {
                         while let Ok(more) = rechecks.try_recv() {
                             waiting.push(more);
                         }
-                        let due = last_recheck.is_none_or(|t| t.elapsed() >= self.config.recheck_min_interval);
+                        let due = last_recheck.is_none_or(|t| t.elapsed() >= self.settings.recheck_min_interval);
                         if due {
                             last_recheck = Some(Instant::now());
-                            self.shared.lock().counters.rechecks += 1;
+                            self.shared.metrics().rechecks.inc();
                             self.round(true).await;
-                            next_poll = Instant::now() + jittered(self.config.poll_interval);
+                            next_poll = Instant::now() + jittered(self.settings.poll_interval, POLL_JITTER);
                         }
                         let status = self.shared.snapshot();
                         for reply in waiting {
@@ -309,12 +160,13 @@ impl Sidecar {
             }
         }
         tracing::info!("stopping");
+        self.flow.hand_back().await;
     }
 
     /// One pass over every family. `force` re-proves even a fresh, unchanged IP.
     async fn round(&mut self, force: bool) {
         self.shared.beat();
-        if let Some(coordinator) = self.shared.coordinator.as_ref().filter(|c| !c.store_up()) {
+        if let Some(coordinator) = self.flow.coordinator().filter(|c| !c.store_up()) {
             coordinator.ping().await;
         }
         let families: Vec<Family> = self.tracked.keys().copied().collect();
@@ -322,38 +174,44 @@ impl Sidecar {
             self.follow(family, force).await;
             self.shared.beat();
         }
-        self.publish_readiness();
+        let ready = self.publish_readiness();
+        self.notify(|n| n.round(ready));
+    }
+
+    fn notify(&self, tell: impl FnOnce(&Notifier)) {
+        if let Some(notifier) = &self.notifier {
+            tell(notifier);
+        }
     }
 
     async fn follow(&mut self, family: Family, force: bool) {
         let started = Instant::now();
         let detected = self.detector.detect(family).await;
-        let metrics = &self.shared.metrics;
-        let ip = {
-            let mut snap = self.shared.lock();
-            snap.counters.detections += 1;
-            let status = snap.families.entry(family).or_default();
-            match detected {
-                Err(e) => {
-                    metrics.detection_failures.inc();
+        let metrics = self.shared.metrics();
+        metrics.detections.inc();
+        let ip = match detected {
+            Err(e) => {
+                metrics.detection_failures.inc();
+                self.shared.update_family(family, |status| {
                     if status.detection_error.is_none() {
                         tracing::warn!(%family, error = %e, "egress IP detection failed; keeping the last verified state");
                     }
                     status.detection_error = Some(e.to_string());
-                    snap.counters.detection_failures += 1;
-                    return;
-                }
-                Ok(found) => {
-                    metrics
-                        .detection_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                });
+                return;
+            }
+            Ok(found) => {
+                metrics
+                    .detection_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.shared.update_family(family, |status| {
                     if status.detection_error.take().is_some() {
                         tracing::info!(%family, ip = %found.ip, "egress IP detection recovered");
                     }
                     status.current_ip = Some(found.ip);
-                    status.last_detected_at = Some(timestamp(SystemTime::now()));
-                    found.ip
-                }
+                    status.last_detected_at = Some(rfc3339_now());
+                });
+                found.ip
             }
         };
         let Some(tracked) = self.tracked.get_mut(&family) else {
@@ -362,10 +220,10 @@ impl Sidecar {
         let previous = tracked.verified.as_ref().map(|v| v.ip);
         let reproof = previous == Some(ip);
         if let Some(entry) = tracked.verified.as_ref().filter(|v| v.ip == ip) {
-            if !force && entry.age() < self.config.reverify_interval {
+            if !force && entry.age() < self.settings.reverify_interval {
                 // Unchanged and recently proven (perhaps before a restart): no API call at all.
-                let verified_at = timestamp_of(entry.verified_at);
-                self.mark(family, |s| {
+                let verified_at = rfc3339_ms(entry.verified_at.saturating_mul(1000));
+                self.shared.update_family(family, |s| {
                     s.phase = Phase::Verified;
                     s.verified_ip = Some(ip);
                     s.verified_at = Some(verified_at);
@@ -376,15 +234,14 @@ impl Sidecar {
             match previous {
                 Some(old) => {
                     tracing::info!(%family, %old, new = %ip, "egress IP changed");
-                    self.shared.metrics.ip_changes.inc();
-                    self.shared.lock().counters.ip_changes += 1;
+                    if let Some(notifier) = &self.notifier {
+                        notifier.event(Event::ip_changed(family, old, ip));
+                    }
+                    self.shared.metrics().ip_changes.inc();
                     tracked.failures = 0;
                     tracked.retry_at = None;
-                    match (self.make_reconciler)() {
-                        Ok(fresh) => self.reconciler = fresh,
-                        Err(e) => {
-                            tracing::warn!(error = %e.message, "fresh API clients could not be built")
-                        }
+                    if let Err(e) = self.flow.renew_clients() {
+                        tracing::warn!(error = %e, "fresh API clients could not be built");
                     }
                 }
                 None => tracing::info!(%family, %ip, "egress IP detected"),
@@ -402,103 +259,106 @@ impl Sidecar {
     /// `reproof`: the IP is verified already and stays ready while it is proven again.
     async fn verify(&mut self, family: Family, ip: IpAddr, reproof: bool, not_before_ms: u64) {
         if !reproof {
-            self.mark(family, |s| s.phase = Phase::Verifying);
-            self.publish_readiness();
+            self.shared
+                .update_family(family, |s| s.phase = Phase::Verifying);
+            let _ = self.publish_readiness();
         }
         let started = Instant::now();
-        let result = match &self.shared.coordinator {
-            Some(coordinator) => {
-                coordinator
-                    .ensure(ip, &self.reconciler, not_before_ms)
-                    .await
-            }
-            None => self.reconciler.ensure(ip).await.map(Proof::Own),
-        };
-        let Some(tracked) = self.tracked.get_mut(&family) else {
-            return;
-        };
+        let result = self.flow.ensure(ip, not_before_ms).await;
         match result {
             Ok(proof) => {
-                let (entry, whitelist) = match proof {
-                    Proof::Own(report) => {
-                        if matches!(report.outcome, Outcome::Added { .. }) {
-                            tracing::info!(%family, %ip, "whitelisted and verified");
-                        } else {
-                            tracing::info!(%family, %ip, "verified: already whitelisted");
-                        }
-                        (VerifiedIp::now(ip), Some(report.whitelist))
-                    }
-                    // Re-verified when the fleet's record ages out, not when this member's copy does.
-                    Proof::Peer(record) => (
-                        VerifiedIp {
-                            family,
-                            ip,
-                            verified_at: record.verified_at_ms / 1000,
-                        },
-                        None,
-                    ),
-                };
                 self.shared
-                    .metrics
+                    .metrics()
                     .verification_seconds
                     .observe(started.elapsed().as_secs_f64());
-                self.shared
-                    .metrics
-                    .last_success
-                    .get_or_create(&FamilyLabels {
-                        family: family.as_str(),
-                    })
-                    .set(entry.verified_at as i64);
-                if let Some(whitelist) = &whitelist {
-                    self.shared
-                        .metrics
-                        .whitelist_size
-                        .set(whitelist.len() as i64);
-                }
-                tracked.verified = Some(entry.clone());
-                tracked.failures = 0;
-                tracked.retry_at = None;
-                {
-                    let mut snap = self.shared.lock();
-                    snap.counters.verifications += 1;
-                    if let Some(whitelist) = whitelist {
-                        snap.whitelist = Some(whitelist);
-                        snap.whitelist_seen_at = Some(timestamp(SystemTime::now()));
-                    }
-                    let status = snap.families.entry(family).or_default();
-                    status.phase = Phase::Verified;
-                    status.verified_ip = Some(ip);
-                    status.verified_at = Some(timestamp_of(entry.verified_at));
-                    status.last_error = None;
-                }
-                self.save_state();
+                self.proven(family, proof);
             }
             Err(e) => {
+                let Some(tracked) = self.tracked.get_mut(&family) else {
+                    return;
+                };
                 tracked.failures = tracked.failures.saturating_add(1);
-                let delay = RETRY_MIN
-                    .saturating_mul(1 << tracked.failures.saturating_sub(1).min(10))
-                    .min(RETRY_MAX)
-                    .min(self.config.poll_interval.max(RETRY_MIN));
+                let delay = RETRY
+                    .after(tracked.failures)
+                    .min(self.settings.poll_interval.max(RETRY.min));
                 tracked.retry_at = Some(Instant::now() + delay);
                 tracked.verified = None;
                 tracing::warn!(%family, %ip, error = %e, retry_in = ?delay, "whitelisting failed");
-                let mut snap = self.shared.lock();
-                snap.counters.verification_failures += 1;
-                snap.last_error = Some(e.to_string());
-                let status = snap.families.entry(family).or_default();
-                status.phase = Phase::Failed;
-                status.verified_ip = None;
-                status.last_error = Some(format!("{e} (retrying in {}s)", delay.as_secs()));
+                if let Some(notifier) = &self.notifier {
+                    notifier.event(
+                        Event::new(
+                            Kind::VerificationFailed,
+                            format!("{ip} could not be whitelisted and verified: {e}"),
+                        )
+                        .about(family, ip),
+                    );
+                }
+                self.shared.metrics().verification_failures.inc();
+                self.shared.update(|snap| {
+                    snap.last_error = Some(e.to_string());
+                    let status = snap.families.entry(family).or_default();
+                    status.phase = Phase::Failed;
+                    status.verified_ip = None;
+                    status.last_error = Some(format!("{e} (retrying in {}s)", delay.as_secs()));
+                });
             }
         }
     }
 
-    fn mark(&self, family: Family, change: impl FnOnce(&mut FamilyStatus)) {
-        change(self.shared.lock().families.entry(family).or_default());
+    /// Records a proof: the family is verified, the metrics and the state file follow.
+    fn proven(&mut self, family: Family, proof: Proof) {
+        let ip = proof.ip;
+        let entry = match &proof.source {
+            // Re-verified when the fleet's record ages out, not when this member's copy does.
+            Source::Peer { verified_at_ms, .. } => VerifiedIp {
+                family,
+                ip,
+                verified_at: verified_at_ms / 1000,
+            },
+            Source::AlreadyListed => {
+                tracing::info!(%family, %ip, "verified: already whitelisted");
+                VerifiedIp::now(ip)
+            }
+            Source::Added { .. } => {
+                tracing::info!(%family, %ip, "whitelisted and verified");
+                self.notify(|n| {
+                    n.event(Event::new(Kind::Whitelisted, proof.to_string()).about(family, ip))
+                });
+                VerifiedIp::now(ip)
+            }
+        };
+        let metrics = self.shared.metrics();
+        metrics.verifications.inc();
+        metrics.verified(family.as_str(), entry.verified_at);
+        if let Some(whitelist) = &proof.whitelist {
+            metrics
+                .whitelist_size
+                .set(i64::try_from(whitelist.len()).unwrap_or(i64::MAX));
+        }
+        let verified_at = rfc3339_ms(entry.verified_at.saturating_mul(1000));
+        self.shared.update(|snap| {
+            if let Some(whitelist) = proof.whitelist {
+                snap.whitelist = Some(whitelist);
+                snap.whitelist_seen_at = Some(rfc3339_now());
+            }
+            let status = snap.families.entry(family).or_default();
+            status.phase = Phase::Verified;
+            status.verified_ip = Some(ip);
+            status.verified_at = Some(verified_at);
+            status.last_error = None;
+        });
+        if let Some(tracked) = self.tracked.get_mut(&family) {
+            tracked.verified = Some(entry);
+            tracked.failures = 0;
+            tracked.retry_at = None;
+        }
+        self.save_state();
     }
 
     fn save_state(&self) {
-        let Some(file) = &self.state_file else { return };
+        let Some(file) = &self.settings.state_file else {
+            return;
+        };
         let verified: Vec<VerifiedIp> = self
             .tracked
             .values()
@@ -510,30 +370,16 @@ impl Sidecar {
         }
     }
 
-    fn publish_readiness(&mut self) {
-        let (ready, reason) = {
-            let mut snap = self.shared.lock();
-            let mut problems = Vec::new();
-            for (family, status) in &snap.families {
-                match (status.phase, status.current_ip, status.verified_ip) {
-                    (Phase::Verified, Some(current), Some(verified)) if current == verified => {}
-                    (Phase::Detecting, None, _) => {
-                        problems.push(format!("{family}: egress IP not detected yet"))
-                    }
-                    (Phase::Failed, ip, _) => problems.push(format!(
-                        "{family}: {} not whitelisted: {}",
-                        ip.map(|i| i.to_string()).unwrap_or_default(),
-                        status.last_error.as_deref().unwrap_or("failed")
-                    )),
-                    (_, ip, _) => problems.push(format!(
-                        "{family}: {} not verified yet",
-                        ip.map(|i| i.to_string()).unwrap_or_default()
-                    )),
-                }
-            }
-            let ready = problems.is_empty();
-            snap.ready = ready;
-            snap.reason = if ready {
+    /// Works out readiness from every family's state, publishes it, and says whether it is ready.
+    fn publish_readiness(&mut self) -> bool {
+        let (ready, reason) = self.shared.update(|snap| {
+            let problems: Vec<String> = snap
+                .families
+                .iter()
+                .filter_map(|(family, status)| problem(*family, status))
+                .collect();
+            snap.ready = problems.is_empty();
+            snap.reason = if snap.ready {
                 let ips: Vec<String> = snap
                     .families
                     .iter()
@@ -543,66 +389,257 @@ impl Sidecar {
             } else {
                 problems.join("; ")
             };
-            (ready, snap.reason.clone())
-        };
-        self.shared.metrics.ready.set(i64::from(ready));
+            (snap.ready, snap.reason.clone())
+        });
+        self.shared.metrics().ready.set(i64::from(ready));
         if ready != self.was_ready {
             tracing::info!(ready, %reason, "{}", if ready { "ready" } else { "not ready" });
             self.was_ready = ready;
+            self.notify(|n| n.readiness(ready, &reason));
+        }
+        ready
+    }
+}
+
+/// Why one family keeps the sidecar unready, or None when it is verified at its current IP.
+fn problem(family: Family, status: &FamilyStatus) -> Option<String> {
+    let shown = |ip: Option<IpAddr>| ip.map(|i| i.to_string()).unwrap_or_default();
+    match (status.phase, status.current_ip, status.verified_ip) {
+        (Phase::Verified, Some(current), Some(verified)) if current == verified => None,
+        (Phase::Detecting, None, _) => Some(format!("{family}: egress IP not detected yet")),
+        (Phase::Failed, ip, _) => Some(format!(
+            "{family}: {} not whitelisted: {}",
+            shown(ip),
+            status.last_error.as_deref().unwrap_or("failed")
+        )),
+        (_, ip, _) => Some(format!("{family}: {} not verified yet", shown(ip))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::detect;
+    use crate::testing::{ADD, FakeApi, FakeSource, LIST, flow_over};
+
+    const VERIFY: Duration = Duration::from_secs(30);
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    struct Rig {
+        sidecar: Sidecar,
+        shared: Arc<Shared>,
+        rechecks: Option<mpsc::Receiver<RecheckRequest>>,
+        source: Arc<FakeSource>,
+        api: Arc<FakeApi>,
+        builds: Arc<AtomicU32>,
+    }
+
+    /// A sidecar over one detection source (quorum 1) and the API model, polling every minute.
+    fn rig(here: IpAddr, listed: &[IpAddr]) -> Rig {
+        let source = FakeSource::answering(here);
+        let api = FakeApi::new(here, listed);
+        let metrics = Arc::new(Metrics::new(None));
+        let (flow, builds) = flow_over(&api, Arc::clone(&metrics), VERIFY);
+        let detection = detect::Settings {
+            providers: Vec::new(),
+            quorum: 1,
+            families: vec![Family::V4],
+            allow_non_public: true,
+            timeout: Duration::from_secs(5),
+        };
+        let detector = Detector::with_sources(
+            &detection,
+            [FakeSource::spec(
+                "https://echo.example.net/ip#echo",
+                &source,
+            )],
+        );
+        let settings = Settings {
+            families: vec![Family::V4],
+            poll_interval: Duration::from_secs(60),
+            reverify_interval: Duration::from_secs(3600),
+            recheck_min_interval: Duration::from_secs(10),
+            state_file: None,
+        };
+        let (sidecar, shared, rechecks) = Sidecar::new(settings, detector, flow, metrics, None);
+        Rig {
+            sidecar,
+            shared,
+            rechecks: Some(rechecks),
+            source,
+            api,
+            builds,
         }
     }
-}
 
-/// ±10%, so a fleet started together does not poll in step.
-fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(rand::random_range(0.9..=1.1))
-}
-
-/// `run`: the status server and the control loop, until SIGTERM or SIGINT (then exit 0 within 5 s).
-pub async fn run_until_signal(config: Config) -> Result<crate::cli::Exit, crate::cli::Failure> {
-    use crate::cli::{Exit, Failure};
-    let listen = config.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Failure {
-            exit: Exit::Config,
-            message: format!("SENDSMS_LISTEN={listen} cannot be bound: {e}"),
-        })?;
-    let allow_remote = config.recheck_allow_remote;
-    let recheck_timeout = config.verify_timeout * 2 + config.detection.timeout;
-    let reconciler_config = config.clone();
-    let (sidecar, shared, rechecks) = Sidecar::new(config, move |observer| {
-        crate::cli::reconciler(&reconciler_config, Some(observer))
-    })?;
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let router = crate::status::router(Arc::clone(&shared), allow_remote, recheck_timeout);
-    let server = tokio::spawn(crate::status::serve(listener, router, async move {
-        let _ = server_stopped.await;
-    }));
-    tracing::info!(%listen, "status server listening");
-    sidecar.run(rechecks, shutdown_signal()).await;
-    if let Some(coordinator) = &shared.coordinator {
-        // Bounded: a store that does not answer must not hold up the exit.
-        let _ = tokio::time::timeout(Duration::from_secs(2), coordinator.hand_back()).await;
+    fn move_egress(rig: &Rig, to: IpAddr) {
+        rig.source.set(to);
+        rig.api.with(|s| s.egress = to);
     }
-    let _ = stop_server.send(());
-    // In-flight status requests get a moment; the process exits regardless.
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    Ok(Exit::Success)
-}
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    #[tokio::test(start_paused = true)]
+    async fn a_new_ip_is_whitelisted_then_an_unchanged_one_costs_nothing() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[]);
+        assert!(!rig.shared.snapshot().ready);
+        rig.sidecar.round(false).await;
+        let snapshot = rig.shared.snapshot();
+        assert!(snapshot.ready, "{}", snapshot.reason);
+        assert_eq!(rig.api.calls(ADD), 1);
+        let calls = rig.api.with(|s| s.calls.len());
+        rig.sidecar.round(false).await;
+        assert_eq!(
+            rig.api.with(|s| s.calls.len()),
+            calls,
+            "an idle round calls nothing"
+        );
+        assert_eq!(snapshot.counters.verifications, 1);
+        assert_eq!(rig.source.asked(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_egress_change_rebuilds_the_clients_and_is_proven() {
+        let (old, new) = (ip("203.0.113.10"), ip("203.0.113.99"));
+        let mut rig = rig(old, &[old]);
+        rig.sidecar.round(false).await;
+        assert!(rig.shared.snapshot().ready);
+        assert_eq!(rig.builds.load(Ordering::SeqCst), 1);
+        move_egress(&rig, new);
+        rig.api.with(|s| s.propagation = Duration::from_secs(3));
+        rig.sidecar.round(false).await;
+        let snapshot = rig.shared.snapshot();
+        assert!(snapshot.ready, "{}", snapshot.reason);
+        assert!(
+            snapshot.reason.contains("203.0.113.99"),
+            "{}",
+            snapshot.reason
+        );
+        assert_eq!(
+            rig.builds.load(Ordering::SeqCst),
+            2,
+            "fresh clients after the change"
+        );
+        assert_eq!(snapshot.counters.ip_changes, 1);
+        assert_eq!(rig.api.calls(ADD), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_drops_while_a_changed_ip_is_being_verified() {
+        let (old, new) = (ip("203.0.113.10"), ip("203.0.113.99"));
+        let mut rig = rig(old, &[old]);
+        rig.sidecar.round(false).await;
+        move_egress(&rig, new);
+        rig.api.with(|s| s.propagation = Duration::from_secs(3));
+        let shared = Arc::clone(&rig.shared);
+        let watch = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            shared.snapshot()
+        };
+        let ((), during) = tokio::join!(rig.sidecar.round(false), watch);
+        assert!(!during.ready);
+        assert!(
+            during.reason.contains("203.0.113.99 not verified yet"),
+            "{}",
+            during.reason
+        );
+        assert!(shared.snapshot().ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_round_is_retried_with_backoff_and_keeps_no_verified_ip() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[]);
+        rig.api.with(|s| s.bootstrap_authorized = false);
+        rig.sidecar.round(false).await;
+        let snapshot = rig.shared.snapshot();
+        assert!(!snapshot.ready);
+        assert_eq!(snapshot.families[&Family::V4].phase, Phase::Failed);
+        assert!(
+            snapshot.reason.contains("retrying in 5s"),
+            "{}",
+            snapshot.reason
+        );
+        // Within the backoff, a poll round does not try again.
+        rig.sidecar.round(false).await;
+        assert_eq!(rig.api.calls(ADD), 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        rig.api.with(|s| s.bootstrap_authorized = true);
+        rig.sidecar.round(false).await;
+        assert!(rig.shared.snapshot().ready);
+        assert_eq!(rig.api.calls(ADD), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detection_outage_keeps_the_last_verified_state() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        rig.sidecar.round(false).await;
+        rig.source.fail("down");
+        rig.sidecar.round(false).await;
+        let snapshot = rig.shared.snapshot();
+        assert!(snapshot.ready, "{}", snapshot.reason);
+        assert!(snapshot.families[&Family::V4].detection_error.is_some());
+        assert_eq!(snapshot.counters.detection_failures, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_rechecks_share_one_round() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        let rechecks = rig.rechecks.take().expect("receiver");
+        let answers: Vec<_> = (0..5)
+            .map(|_| rig.shared.request_recheck().expect("queued"))
+            .collect();
+        let shared = Arc::clone(&rig.shared);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let callers = async {
+            let mut results = Vec::new();
+            for answer in answers {
+                results.push(answer.await.expect("answered"));
             }
+            let _ = stop.send(());
+            results
+        };
+        let ((), results) = tokio::join!(
+            rig.sidecar.run(rechecks, async {
+                let _ = stopped.await;
+            }),
+            callers
+        );
+        assert!(
+            results.iter().all(|r| r.rechecked),
+            "every waiting caller shares the round"
+        );
+        assert_eq!(shared.metrics().rechecks.get(), 1);
+        assert!(
+            rig.api.calls(LIST) <= 2,
+            "one round, perhaps after the first poll"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_ip_is_proven_again_after_the_reverify_interval() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        rig.sidecar.round(false).await;
+        assert_eq!(rig.api.calls(LIST), 1);
+        // The state's age is wall-clock time: pretend the proof is an hour and a bit old.
+        if let Some(verified) = rig
+            .sidecar
+            .tracked
+            .get_mut(&Family::V4)
+            .and_then(|t| t.verified.as_mut())
+        {
+            verified.verified_at -= 3601;
         }
-        // Without a SIGTERM handler, SIGINT still works; SIGTERM then kills as it would anyway.
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        rig.sidecar.round(false).await;
+        assert_eq!(rig.api.calls(LIST), 2);
+        assert_eq!(rig.api.calls(ADD), 0);
+        assert!(rig.shared.snapshot().ready);
     }
 }

@@ -1,74 +1,44 @@
 //! The state file: verified IPs survive a restart, so an unchanged IP costs no API call; written atomically.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::Family;
+use crate::net::Family;
+use crate::secret::Credentials;
+use crate::util::atomic::write_atomically;
+use crate::util::clock::unix_now_ms;
 
 const FORMAT: &str = "sendsms-whitelister/state/v1";
 
+/// One family's verified address and when it was proven.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifiedIp {
-    pub family: Family,
-    pub ip: IpAddr,
+pub(crate) struct VerifiedIp {
+    pub(crate) family: Family,
+    pub(crate) ip: IpAddr,
     /// Unix seconds.
-    pub verified_at: u64,
+    pub(crate) verified_at: u64,
 }
 
 impl VerifiedIp {
-    pub fn now(ip: IpAddr) -> Self {
+    pub(crate) fn now(ip: IpAddr) -> Self {
         VerifiedIp {
             family: Family::of(ip),
             ip,
-            verified_at: unix_now(),
+            verified_at: unix_now_ms() / 1000,
         }
     }
 
-    pub fn age(&self) -> Duration {
-        Duration::from_secs(unix_now().saturating_sub(self.verified_at))
+    pub(crate) fn age(&self) -> Duration {
+        Duration::from_secs((unix_now_ms() / 1000).saturating_sub(self.verified_at))
     }
 }
 
-pub fn unix_now() -> u64 {
-    unix_now_ms() / 1000
-}
-
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// Write to a temporary file beside the target, flush it to disk, then rename over the
-/// target: a crash or a signal leaves the old file or the new one, never half of one.
-pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&temp).and_then(|mut file| {
-        file.write_all(body)?;
-        file.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&temp, path)) {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// What the file holds. `owner` ties it to one account and endpoint, so a file copied from
-/// another deployment is foreign and ignored; it holds no secret.
+/// What the file holds. `owner` ties it to one account, key (by fingerprint) and endpoint, so a
+/// file written for another key or copied from another deployment is foreign and ignored; it
+/// holds no secret.
 #[derive(Debug, Serialize, Deserialize)]
 struct StateDocument {
     format: String,
@@ -77,7 +47,7 @@ struct StateDocument {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub(crate) enum StateError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -85,21 +55,27 @@ pub enum StateError {
     },
 }
 
-pub struct StateFile {
+/// Verified addresses kept across restarts, so an unchanged IP costs no API call.
+#[derive(Clone, Debug)]
+pub(crate) struct StateFile {
     path: PathBuf,
     owner: String,
 }
 
 impl StateFile {
-    pub fn new(path: PathBuf, username: &str, api_url: &str) -> Self {
+    pub(crate) fn new(path: PathBuf, credentials: &Credentials, api_url: &str) -> Self {
         StateFile {
             path,
-            owner: format!("{username}@{api_url}"),
+            owner: format!(
+                "{}.{}@{api_url}",
+                credentials.username,
+                credentials.fingerprint()
+            ),
         }
     }
 
     /// Missing, corrupt or foreign: nothing is known, and a warning says why.
-    pub fn load(&self) -> Vec<VerifiedIp> {
+    pub(crate) fn load(&self) -> Vec<VerifiedIp> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
@@ -121,7 +97,7 @@ impl StateFile {
         }
     }
 
-    pub fn save(&self, verified: &[VerifiedIp]) -> Result<(), StateError> {
+    pub(crate) fn save(&self, verified: &[VerifiedIp]) -> Result<(), StateError> {
         let io = |source| StateError::Io {
             path: self.path.clone(),
             source,
@@ -141,17 +117,34 @@ impl StateFile {
 mod tests {
     use super::*;
 
+    fn credentials(username: &str, key: &str) -> Credentials {
+        Credentials {
+            username: username.into(),
+            api_key: secrecy::SecretString::from(key.to_owned()),
+        }
+    }
+
     #[test]
     fn round_trip_and_foreign_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
-        let file = StateFile::new(path.clone(), "alice", "https://api.example/json");
+        let alice = credentials("alice", "key-1");
+        let file = StateFile::new(path.clone(), &alice, "https://api.example/json");
         assert!(file.load().is_empty(), "missing file");
         let entry = VerifiedIp::now("203.0.113.5".parse().expect("ip"));
         file.save(std::slice::from_ref(&entry)).expect("save");
         assert_eq!(file.load(), vec![entry]);
-        let other = StateFile::new(path.clone(), "bob", "https://api.example/json");
-        assert!(other.load().is_empty(), "foreign file");
+        for (user, key) in [("bob", "key-1"), ("alice", "key-2")] {
+            let other = StateFile::new(
+                path.clone(),
+                &credentials(user, key),
+                "https://api.example/json",
+            );
+            assert!(
+                other.load().is_empty(),
+                "foreign file: {user} with another key"
+            );
+        }
         std::fs::write(&path, b"{ not json").expect("corrupt");
         assert!(file.load().is_empty(), "corrupt file");
         assert_eq!(

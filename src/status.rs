@@ -1,121 +1,167 @@
-//! HTTP status server: liveness, readiness, status JSON, Prometheus metrics and on-demand rechecks.
+//! The status model: what the control loop writes and the status server reads (readiness, per-family state).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use crate::metrics;
-use crate::sidecar::Shared;
+use crate::coord::{CoordinationStatus, Coordinator};
+use crate::metrics::{Counters, Metrics};
+use crate::net::Family;
+use crate::notify::{Notifier, TargetStatus};
+use crate::sendsms::Whitelist;
+use crate::util::clock::rfc3339_now;
+use crate::util::lock;
 
-#[derive(Clone)]
-struct App {
-    shared: Arc<Shared>,
-    allow_remote_recheck: bool,
-    recheck_timeout: Duration,
+/// Where one family stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    #[default]
+    Detecting,
+    Verifying,
+    Verified,
+    Failed,
 }
 
-pub fn router(
-    shared: Arc<Shared>,
-    allow_remote_recheck: bool,
-    recheck_timeout: Duration,
-) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/recheck", post(recheck))
-        .with_state(App {
-            shared,
-            allow_remote_recheck,
-            recheck_timeout,
-        })
+/// One family's state, as `/status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct FamilyStatus {
+    pub(crate) phase: Phase,
+    /// The address detection reported last.
+    pub(crate) current_ip: Option<IpAddr>,
+    pub(crate) verified_ip: Option<IpAddr>,
+    pub(crate) verified_at: Option<String>,
+    pub(crate) last_detected_at: Option<String>,
+    /// Set while detection fails; the last verified state is kept meanwhile.
+    pub(crate) detection_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
-fn text(code: StatusCode, body: String) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
+/// What `/status` answers, and what `/readyz` decides on.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Snapshot {
+    pub(crate) ready: bool,
+    pub(crate) reason: String,
+    pub(crate) families: BTreeMap<Family, FamilyStatus>,
+    pub(crate) whitelist: Option<Whitelist>,
+    pub(crate) whitelist_seen_at: Option<String>,
+    pub(crate) last_error: Option<String>,
+    /// Read from the metrics when the snapshot is taken.
+    pub(crate) counters: Counters,
+    pub(crate) started_at: String,
+    /// Absent when `SENDSMS_COORDINATION=none`.
+    pub(crate) coordination: Option<CoordinationStatus>,
+    /// Each notification target; absent when none is configured.
+    pub(crate) notifications: Option<Vec<TargetStatus>>,
 }
 
-async fn healthz(State(app): State<App>) -> Response {
-    if app.shared.alive() {
-        text(StatusCode::OK, "ok\n".into())
-    } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the control loop is stuck\n".into(),
-        )
+/// The answer to `POST /recheck`.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct RecheckResult {
+    /// False when a recheck ran too recently and this one was answered from it.
+    pub(crate) rechecked: bool,
+    pub(crate) status: Snapshot,
+}
+
+/// One waiting `POST /recheck`: the loop answers it when its round ends.
+pub(crate) type RecheckRequest = oneshot::Sender<RecheckResult>;
+
+/// How many rechecks may wait for the loop at once; more are refused (429).
+const RECHECK_QUEUE: usize = 64;
+
+/// State the control loop writes and the servers read. The loop checks in (`beat`) at least
+/// once per round; liveness is that heartbeat's age.
+pub(crate) struct Shared {
+    snapshot: Mutex<Snapshot>,
+    heartbeat: Mutex<Instant>,
+    /// The longest a round may take: poll interval, detection and verification of every family.
+    stale_after: Duration,
+    metrics: Arc<Metrics>,
+    recheck: mpsc::Sender<RecheckRequest>,
+    coordinator: Option<Arc<Coordinator>>,
+    notifier: Option<Notifier>,
+}
+
+impl Shared {
+    /// The state of a loop that has not detected anything yet, and the queue of its rechecks.
+    pub(crate) fn new(
+        families: &[Family],
+        stale_after: Duration,
+        metrics: Arc<Metrics>,
+        coordinator: Option<Arc<Coordinator>>,
+        notifier: Option<Notifier>,
+    ) -> (Arc<Self>, mpsc::Receiver<RecheckRequest>) {
+        let (recheck, requests) = mpsc::channel(RECHECK_QUEUE);
+        let shared = Shared {
+            snapshot: Mutex::new(Snapshot {
+                ready: false,
+                reason: "starting: the egress IP is not detected yet".into(),
+                families: families
+                    .iter()
+                    .map(|f| (*f, FamilyStatus::default()))
+                    .collect(),
+                whitelist: None,
+                whitelist_seen_at: None,
+                last_error: None,
+                counters: Counters::default(),
+                started_at: rfc3339_now(),
+                coordination: None,
+                notifications: None,
+            }),
+            heartbeat: Mutex::new(Instant::now()),
+            stale_after,
+            metrics,
+            recheck,
+            coordinator,
+            notifier,
+        };
+        (Arc::new(shared), requests)
     }
-}
 
-async fn readyz(State(app): State<App>) -> Response {
-    let snapshot = app.shared.snapshot();
-    let code = if snapshot.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    text(code, format!("{}\n", snapshot.reason))
-}
-
-async fn status(State(app): State<App>) -> Response {
-    axum::Json(app.shared.snapshot()).into_response()
-}
-
-async fn metrics(State(app): State<App>) -> Response {
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        app.shared.metrics.encode(),
-    )
-        .into_response()
-}
-
-/// Another pod must not be able to spend the account's API budget: loopback peers only by
-/// default; the control loop coalesces and rate-limits what gets through.
-async fn recheck(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !app.allow_remote_recheck && !peer.ip().to_canonical().is_loopback() {
-        return text(
-            StatusCode::FORBIDDEN,
-            "recheck is allowed from loopback only (SENDSMS_RECHECK_ALLOW_REMOTE=true opens it)\n"
-                .into(),
-        );
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    if app.shared.recheck.try_send(reply).is_err() {
-        return text(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many rechecks waiting\n".into(),
-        );
-    }
-    match tokio::time::timeout(app.recheck_timeout, answer).await {
-        Ok(Ok(result)) => axum::Json(result).into_response(),
-        _ => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the recheck did not finish in time\n".into(),
-        ),
-    }
-}
 
-/// Serves until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    /// A copy of the state, with the counters and coordination read now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut snapshot = lock(&self.snapshot).clone();
+        snapshot.counters = self.metrics.counters();
+        snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
+        snapshot.notifications = self.notifier.as_ref().map(Notifier::status);
+        snapshot
+    }
+
+    /// Changes the state under its lock (the loop's side).
+    pub(crate) fn update<R>(&self, change: impl FnOnce(&mut Snapshot) -> R) -> R {
+        change(&mut lock(&self.snapshot))
+    }
+
+    /// Changes one family's state.
+    pub(crate) fn update_family<R>(
+        &self,
+        family: Family,
+        change: impl FnOnce(&mut FamilyStatus) -> R,
+    ) -> R {
+        self.update(|snapshot| change(snapshot.families.entry(family).or_default()))
+    }
+
+    /// The control loop is alive when it checked in within the longest a round may take.
+    pub(crate) fn alive(&self) -> bool {
+        lock(&self.heartbeat).elapsed() <= self.stale_after
+    }
+
+    pub(crate) fn beat(&self) {
+        *lock(&self.heartbeat) = Instant::now();
+    }
+
+    /// Queues a recheck; None when too many are waiting already.
+    pub(crate) fn request_recheck(&self) -> Option<oneshot::Receiver<RecheckResult>> {
+        let (reply, answer) = oneshot::channel();
+        self.recheck.try_send(reply).ok().map(|()| answer)
+    }
 }

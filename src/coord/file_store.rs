@@ -10,9 +10,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Record, Scope, StoreError, millis};
-use crate::state::{unix_now_ms, write_atomically};
+use crate::util::atomic::write_atomically;
+use crate::util::clock::unix_now_ms;
 
-pub struct FileStore {
+pub(crate) struct FileStore {
     inner: Arc<Inner>,
 }
 
@@ -102,7 +103,7 @@ impl Inner {
 }
 
 impl FileStore {
-    pub fn new(dir: PathBuf, scope: &Scope) -> Self {
+    pub(crate) fn new(dir: PathBuf, scope: &Scope) -> Self {
         let user: String = scope
             .username
             .bytes()
@@ -137,18 +138,22 @@ impl FileStore {
         })?
     }
 
-    pub async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {
+    pub(crate) async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {
         self.locked(move |s| s.read(&s.ip_path("verified", ip)))
             .await
     }
 
-    pub async fn write_verified(&self, record: &Record, ttl: Duration) -> Result<(), StoreError> {
+    pub(crate) async fn write_verified(
+        &self,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let record = Expiring::new(record.clone(), ttl);
         self.locked(move |s| s.write(&s.ip_path("verified", record.value.ip), &record))
             .await
     }
 
-    pub async fn try_lease(
+    pub(crate) async fn try_lease(
         &self,
         ip: IpAddr,
         member: &str,
@@ -165,7 +170,7 @@ impl FileStore {
         .await
     }
 
-    pub async fn renew_lease(
+    pub(crate) async fn renew_lease(
         &self,
         ip: IpAddr,
         member: &str,
@@ -182,7 +187,7 @@ impl FileStore {
         .await
     }
 
-    pub async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
+    pub(crate) async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
         let member = member.to_owned();
         self.locked(move |s| {
             let path = s.ip_path("lease", ip);
@@ -194,7 +199,7 @@ impl FileStore {
         .await
     }
 
-    pub async fn take_budget(
+    pub(crate) async fn take_budget(
         &self,
         limit: u32,
         window: Duration,
@@ -223,7 +228,7 @@ impl FileStore {
         .await
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.locked(|_| Ok(())).await
     }
 }
@@ -245,7 +250,8 @@ mod tests {
     #[tokio::test]
     async fn keeps_the_store_contract_in_files_named_by_scope() {
         let dir = tempfile::tempdir().expect("tempdir");
-        super::super::assert_store_contract(super::super::Store::File(store(dir.path()))).await;
+        super::super::contract::assert_store_contract(super::super::Store::File(store(dir.path())))
+            .await;
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("dir")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -4,33 +4,66 @@ mod file_store;
 mod redis_store;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::config::{Config, Coordination, Credentials};
-use crate::reconcile::{ReconcileError, Reconciler, Report};
-use crate::sendsms::CallObserver;
-use crate::state::unix_now_ms;
+use crate::metrics::CoordinationMetrics;
+use crate::secret::{Credentials, SecretUrl};
+use crate::util::backoff::Backoff;
+use crate::util::clock::unix_now_ms;
+use crate::util::lock;
+
+/// Where fleet members share whitelist records, leases and the API budget (`SENDSMS_COORDINATION`).
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Mode {
+    #[default]
+    None,
+    /// Members on one host share a directory.
+    File(PathBuf),
+    /// Members anywhere share a Redis server.
+    Redis(SecretUrl),
+}
+
+impl Mode {
+    /// The name in metrics and `/status`; None when members do not coordinate.
+    pub(crate) fn name(&self) -> Option<&'static str> {
+        match self {
+            Mode::None => None,
+            Mode::File(_) => Some("file"),
+            Mode::Redis(_) => Some("redis"),
+        }
+    }
+}
+
+/// What coordination needs from the configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) mode: Mode,
+    /// How long a member's whitelist lease lasts unless renewed; a member that dies holding it
+    /// delays the others by at most this.
+    pub(crate) lease: Duration,
+    /// How long a shared record stays fresh (the reverify interval).
+    pub(crate) record_ttl: Duration,
+    /// How long the lease holder may take to verify.
+    pub(crate) verify_timeout: Duration,
+}
 
 /// A member's proof of one IP, shared with the fleet: the IP works for the key from the fleet's
 /// egress, as `by` verified at `verified_at_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub ip: IpAddr,
+pub(crate) struct Record {
+    pub(crate) ip: IpAddr,
     /// Unix milliseconds.
-    pub verified_at_ms: u64,
-    pub by: String,
+    pub(crate) verified_at_ms: u64,
+    pub(crate) by: String,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("coordination store {store}: {problem}")]
     Unavailable { store: String, problem: String },
 }
@@ -38,22 +71,16 @@ pub enum StoreError {
 /// Where every key lives: one account, one API key (by a one-way fingerprint, never the key
 /// itself), so fleets of different accounts or keys can share a store without meeting.
 #[derive(Clone, Debug)]
-pub struct Scope {
-    pub username: String,
-    pub fingerprint: String,
+pub(crate) struct Scope {
+    pub(crate) username: String,
+    pub(crate) fingerprint: String,
 }
 
 impl Scope {
-    pub fn of(credentials: &Credentials) -> Self {
-        let mut hash = Sha256::new();
-        hash.update(b"sendsms-whitelister/key-fingerprint/v1\0");
-        hash.update(credentials.username.as_bytes());
-        hash.update(b"\0");
-        hash.update(credentials.api_key.expose_secret().as_bytes());
-        let digest = hash.finalize();
+    pub(crate) fn of(credentials: &Credentials) -> Self {
         Scope {
             username: credentials.username.clone(),
-            fingerprint: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
+            fingerprint: credentials.fingerprint(),
         }
     }
 }
@@ -133,77 +160,40 @@ impl Store {
     }
 }
 
-/// Counters and gauges the metrics registry exposes; clones share their values.
-#[derive(Clone, Default)]
-pub struct CoordinationMetrics {
-    pub store_up: Gauge,
-    pub records_read: Counter,
-    pub records_written: Counter,
-    pub leases_taken: Counter,
-    pub fallbacks: Counter,
-}
-
-/// What `/status` shows of coordination.
+/// What `/status` shows of coordination; the counters are read from the metrics.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct CoordinationStatus {
-    pub mode: &'static str,
+pub(crate) struct CoordinationStatus {
+    pub(crate) mode: &'static str,
     /// The store, without any password.
-    pub store: String,
-    pub member: String,
-    pub store_up: bool,
-    pub store_error: Option<String>,
+    pub(crate) store: String,
+    pub(crate) member: String,
+    pub(crate) store_up: bool,
+    pub(crate) store_error: Option<String>,
     /// Who held the whitelist lease when this member last looked.
-    pub lease_holder: Option<String>,
+    pub(crate) lease_holder: Option<String>,
     /// Fresh records found: readiness without any sendSMS call.
-    pub records_read: u64,
-    pub records_written: u64,
-    pub leases_taken: u64,
+    pub(crate) records_read: u64,
+    pub(crate) records_written: u64,
+    pub(crate) leases_taken: u64,
     /// Times this member acted alone because the store failed.
-    pub fallbacks: u64,
+    pub(crate) fallbacks: u64,
 }
 
-/// How an `ensure` ended well.
-#[derive(Clone, Debug)]
-pub enum Proof {
-    /// This member proved it (as leader, or alone while the store was down).
-    Own(Report),
-    /// Another member proved it for the same egress IP.
+/// How a coordinated `ensure` ended. The work ran at most once, and only in `Own`.
+pub(crate) enum Coordinated<T, E> {
+    /// This member held the lease and did the work; a success was shared as a record.
+    Own(Result<T, E>),
+    /// Another member proved the IP and shared a fresh record: nothing to do.
     Peer(Record),
+    /// The store failed before any work: the caller decides what to do alone.
+    StoreDown,
+    /// Another member held the lease for longer than the wait limit without sharing a record.
+    PeerBusy { holder: String, waited: Duration },
 }
 
-impl std::fmt::Display for Proof {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Proof::Own(report) => write!(f, "{report}"),
-            Proof::Peer(record) => write!(
-                f,
-                "{} was verified by fleet member {} at {}; nothing written",
-                record.ip,
-                record.by,
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_millis(record.verified_at_ms)
-                )
-            ),
-        }
-    }
-}
-
-/// The fleet's API budget for a command without a sidecar's accounting (`once`).
-pub struct FleetBudget {
-    pub coordinator: Arc<Coordinator>,
-    pub per_minute: u32,
-}
-
-impl CallObserver for FleetBudget {
-    fn before_call(
-        &self,
-        _action: &'static str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(self.coordinator.acquire_budget(self.per_minute))
-    }
-}
-
-pub struct Coordinator {
+/// One member's side of the fleet protocol: read a fresh record, or take the lease, do the
+/// work, share the record and let go; meanwhile share the API budget.
+pub(crate) struct Coordinator {
     store: Store,
     member: String,
     lease_ttl: Duration,
@@ -216,25 +206,31 @@ pub struct Coordinator {
     holding: Mutex<Option<IpAddr>>,
 }
 
-const POLL_MIN: Duration = Duration::from_millis(100);
-const POLL_MAX: Duration = Duration::from_secs(2);
+/// Waiting for another member's record: 100 ms doubling to 2 s, spread ±50 % so a fleet that
+/// started together does not poll in step.
+const POLL: Backoff = Backoff {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    jitter: 0.5,
+};
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Coordinator {
     /// None for `SENDSMS_COORDINATION=none`. Nothing is contacted yet: a store that is down at
     /// start is an outage like any other, not a reason to refuse to start.
-    pub fn from_config(
-        config: &Config,
-        metrics: CoordinationMetrics,
+    pub(crate) fn new(
+        settings: &Settings,
+        credentials: &Credentials,
+        metrics: Option<CoordinationMetrics>,
     ) -> Result<Option<Arc<Self>>, StoreError> {
-        let scope = Scope::of(&config.credentials);
-        let (store, shown) = match &config.coordination {
-            Coordination::None => return Ok(None),
-            Coordination::File(dir) => (
+        let scope = Scope::of(credentials);
+        let (store, shown) = match &settings.mode {
+            Mode::None => return Ok(None),
+            Mode::File(dir) => (
                 Store::File(file_store::FileStore::new(dir.clone(), &scope)),
                 format!("file:{}", dir.display()),
             ),
-            Coordination::Redis(url) => (
+            Mode::Redis(url) => (
                 Store::Redis(Box::new(redis_store::RedisStore::new(
                     url,
                     &scope,
@@ -244,14 +240,15 @@ impl Coordinator {
             ),
         };
         let member = member_name();
+        let metrics = metrics.unwrap_or_default();
         metrics.store_up.set(1);
         Ok(Some(Arc::new(Coordinator {
             store,
-            lease_ttl: config.coordination_lease,
-            record_ttl: config.reverify_interval,
-            wait_limit: config.verify_timeout + config.coordination_lease * 2,
+            lease_ttl: settings.lease,
+            record_ttl: settings.record_ttl,
+            wait_limit: settings.verify_timeout + settings.lease * 2,
             status: Mutex::new(CoordinationStatus {
-                mode: config.coordination.mode(),
+                mode: settings.mode.name().unwrap_or("none"),
                 store: shown,
                 member: member.clone(),
                 store_up: true,
@@ -264,20 +261,30 @@ impl Coordinator {
     }
 
     fn lock(&self) -> MutexGuard<'_, CoordinationStatus> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.status)
     }
 
-    pub fn status(&self) -> CoordinationStatus {
-        self.lock().clone()
+    pub(crate) fn status(&self) -> CoordinationStatus {
+        let mut status = self.lock().clone();
+        status.records_read = self.metrics.records_read.get();
+        status.records_written = self.metrics.records_written.get();
+        status.leases_taken = self.metrics.leases_taken.get();
+        status.fallbacks = self.metrics.fallbacks.get();
+        status
     }
 
     /// The longest `ensure` may wait for another member before giving up.
-    pub fn wait_limit(&self) -> Duration {
+    pub(crate) fn wait_limit(&self) -> Duration {
         self.wait_limit
     }
 
-    pub fn store_up(&self) -> bool {
+    pub(crate) fn store_up(&self) -> bool {
         self.lock().store_up
+    }
+
+    /// Counts one time this member acted alone because the store failed.
+    pub(crate) fn count_fallback(&self) {
+        self.metrics.fallbacks.inc();
     }
 
     /// Every store answer says whether the store is up; the first failure and the recovery are logged.
@@ -304,13 +311,13 @@ impl Coordinator {
     }
 
     /// Checks a store that was down, so `/status` shows the recovery without waiting for an IP change.
-    pub async fn ping(&self) {
+    pub(crate) async fn ping(&self) {
         let _ = self.observe(self.store.ping().await);
     }
 
     /// The fleet's share of `SENDSMS_API_BUDGET`: waits until the fleet-wide window has room.
     /// A store failure lets the call through; the member's local budget still holds it.
-    pub async fn acquire_budget(&self, limit: u32) {
+    pub(crate) async fn acquire_budget(&self, limit: u32) {
         let token = format!("{}/{}", self.member, rand::random::<u64>());
         loop {
             match self.observe(
@@ -321,28 +328,29 @@ impl Coordinator {
                 Ok(None) | Err(_) => return,
                 Ok(Some(wait)) => {
                     tracing::debug!(?wait, "fleet API budget spent; waiting");
-                    tokio::time::sleep(wait.clamp(Duration::from_millis(50), POLL_MAX * 5)).await;
+                    tokio::time::sleep(wait.clamp(Duration::from_millis(50), POLL.max * 5)).await;
                 }
             }
         }
     }
 
     /// Makes `ip` whitelisted and verified for the fleet: a fresh record from another member is
-    /// enough; otherwise one member at a time, the lease holder, runs `ensure` and shares the
+    /// enough; otherwise one member at a time, the lease holder, runs `work` and shares the
     /// record. `not_before_ms` refuses records older than that (a forced recheck wants news).
-    pub async fn ensure(
+    /// `work` is a future, so it does nothing unless this member leads and awaits it.
+    pub(crate) async fn ensure<T, E>(
         &self,
         ip: IpAddr,
-        reconciler: &Reconciler,
         not_before_ms: u64,
-    ) -> Result<Proof, ReconcileError> {
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Coordinated<T, E> {
         let started = Instant::now();
-        let mut poll = POLL_MIN;
+        let mut polls = POLL.delays();
         loop {
             match self.fresh_record(ip, not_before_ms).await {
-                Ok(Some(record)) => return Ok(Proof::Peer(record)),
+                Ok(Some(record)) => return Coordinated::Peer(record),
                 Ok(None) => {}
-                Err(_) => return self.alone(ip, reconciler).await,
+                Err(_) => return Coordinated::StoreDown,
             }
             match self.observe(self.store.try_lease(ip, &self.member, self.lease_ttl).await) {
                 Ok(None) => {
@@ -350,9 +358,9 @@ impl Coordinator {
                     // read and our lease: look again before spending any call.
                     if let Ok(Some(record)) = self.fresh_record(ip, not_before_ms).await {
                         self.release(ip).await;
-                        return Ok(Proof::Peer(record));
+                        return Coordinated::Peer(record);
                     }
-                    return self.lead(ip, reconciler).await;
+                    return Coordinated::Own(self.lead(ip, work).await);
                 }
                 Ok(Some(holder)) => {
                     if self.lock().lease_holder.as_ref() != Some(&holder) {
@@ -360,17 +368,15 @@ impl Coordinator {
                     }
                     self.lock().lease_holder = Some(holder);
                 }
-                Err(_) => return self.alone(ip, reconciler).await,
+                Err(_) => return Coordinated::StoreDown,
             }
             if started.elapsed() >= self.wait_limit {
-                return Err(ReconcileError::PeerBusy {
-                    ip,
+                return Coordinated::PeerBusy {
                     holder: self.lock().lease_holder.clone().unwrap_or_default(),
                     waited: started.elapsed(),
-                });
+                };
             }
-            tokio::time::sleep(jitter(poll)).await;
-            poll = (poll * 2).min(POLL_MAX);
+            tokio::time::sleep(polls.next().unwrap_or(POLL.max)).await;
         }
     }
 
@@ -385,29 +391,21 @@ impl Coordinator {
             .filter(|r| r.ip == ip && r.verified_at_ms >= not_before_ms);
         if let Some(record) = &record {
             self.metrics.records_read.inc();
-            self.lock().records_read += 1;
             tracing::info!(%ip, by = %record.by, "verified by another member of the fleet");
         }
         Ok(record)
     }
 
-    /// The store failed: today's uncoordinated behaviour, under the local budget.
-    async fn alone(&self, ip: IpAddr, reconciler: &Reconciler) -> Result<Proof, ReconcileError> {
-        self.metrics.fallbacks.inc();
-        self.lock().fallbacks += 1;
-        reconciler.ensure(ip).await.map(Proof::Own)
-    }
-
-    async fn lead(&self, ip: IpAddr, reconciler: &Reconciler) -> Result<Proof, ReconcileError> {
+    async fn lead<T, E>(
+        &self,
+        ip: IpAddr,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         self.metrics.leases_taken.inc();
-        {
-            let mut status = self.lock();
-            status.leases_taken += 1;
-            status.lease_holder = Some(self.member.clone());
-        }
+        self.lock().lease_holder = Some(self.member.clone());
         tracing::info!(%ip, member = %self.member, "took the whitelist lease");
-        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = Some(ip);
-        let ensure = reconciler.ensure(ip);
+        *lock(&self.holding) = Some(ip);
+        let ensure = work;
         tokio::pin!(ensure);
         let result = loop {
             tokio::select! {
@@ -428,24 +426,23 @@ impl Coordinator {
                 .is_ok()
             {
                 self.metrics.records_written.inc();
-                self.lock().records_written += 1;
             }
         }
         self.release(ip).await;
-        result.map(Proof::Own)
+        result
     }
 }
 
 impl Coordinator {
     async fn release(&self, ip: IpAddr) {
         let _ = self.observe(self.store.release_lease(ip, &self.member).await);
-        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *lock(&self.holding) = None;
     }
 
     /// On shutdown: a lease held mid-work goes back at once, so the next member need not wait
     /// for it to expire (a rolling update stops the holder as often as any other member).
-    pub async fn hand_back(&self) {
-        let held = *self.holding.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) async fn hand_back(&self) {
+        let held = *lock(&self.holding);
         if let Some(ip) = held {
             tracing::info!(%ip, "handing the whitelist lease back");
             self.release(ip).await;
@@ -472,127 +469,85 @@ fn millis(d: Duration) -> u64 {
 
 /// Names this member in records and leases: the pod or host name and the process id.
 fn member_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{host}/{}", std::process::id())
-}
-
-/// Waiters spread out, so a fleet that started together does not poll in step.
-fn jitter(delay: Duration) -> Duration {
-    delay.mul_f64(0.5 + rand::random::<f64>())
-}
-
-/// What every store must do, checked against each backend by its own tests.
-#[cfg(test)]
-async fn assert_store_contract(store: Store) {
-    let ip: IpAddr = "203.0.113.7".parse().expect("ip");
-    let ttl = Duration::from_secs(30);
-    assert_eq!(store.try_lease(ip, "a", ttl).await.expect("lease"), None);
-    assert_eq!(
-        store.try_lease(ip, "a", ttl).await.expect("lease"),
-        None,
-        "re-entrant"
-    );
-    assert_eq!(
-        store.try_lease(ip, "b", ttl).await.expect("lease"),
-        Some("a".into())
-    );
-    assert!(!store.renew_lease(ip, "b", ttl).await.expect("renew"));
-    assert!(store.renew_lease(ip, "a", ttl).await.expect("renew"));
-    store.release_lease(ip, "b").await.expect("release");
-    assert_eq!(
-        store.try_lease(ip, "b", ttl).await.expect("lease"),
-        Some("a".into()),
-        "only the holder releases"
-    );
-    store.release_lease(ip, "a").await.expect("release");
-    assert_eq!(store.try_lease(ip, "b", ttl).await.expect("lease"), None);
-
-    assert_eq!(store.read_verified(ip).await.expect("read"), None);
-    let record = Record {
-        ip,
-        verified_at_ms: unix_now_ms(),
-        by: "b".into(),
-    };
-    store.write_verified(&record, ttl).await.expect("write");
-    assert_eq!(
-        store.read_verified(ip).await.expect("read"),
-        Some(record.clone())
-    );
-    store
-        .write_verified(&record, Duration::from_millis(5))
-        .await
-        .expect("write");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(
-        store.read_verified(ip).await.expect("read"),
-        None,
-        "expired"
-    );
-
-    let window = Duration::from_secs(60);
-    assert_eq!(
-        store.take_budget(2, window, "t1").await.expect("budget"),
-        None
-    );
-    assert_eq!(
-        store.take_budget(2, window, "t2").await.expect("budget"),
-        None
-    );
-    let wait = store.take_budget(2, window, "t3").await.expect("budget");
-    assert!(
-        wait.is_some_and(|w| w > Duration::from_secs(50)),
-        "{wait:?}"
-    );
-    let short = Duration::from_millis(200);
-    let other: IpAddr = "203.0.113.8".parse().expect("ip");
-    assert_eq!(
-        store.try_lease(other, "c", short).await.expect("lease"),
-        None
-    );
-    tokio::time::sleep(short + Duration::from_millis(50)).await;
-    assert_eq!(
-        store.try_lease(other, "d", ttl).await.expect("lease"),
-        None,
-        "an expired lease is free"
-    );
+    format!("{}/{}", crate::util::host_name(), std::process::id())
 }
 
 #[cfg(test)]
-mod tests {
+mod contract {
     use super::*;
-    use secrecy::SecretString;
 
-    fn credentials(user: &str, key: &str) -> Credentials {
-        Credentials {
-            username: user.into(),
-            api_key: SecretString::from(key.to_owned()),
-        }
-    }
-
-    #[test]
-    fn the_fingerprint_is_stable_one_way_and_scoped_by_account() {
-        let a = Scope::of(&credentials("alice", "secret-key-1"));
+    /// What every store must do, checked against each backend by its own tests.
+    pub(super) async fn assert_store_contract(store: Store) {
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        let ttl = Duration::from_secs(30);
+        assert_eq!(store.try_lease(ip, "a", ttl).await.expect("lease"), None);
         assert_eq!(
-            a.fingerprint,
-            Scope::of(&credentials("alice", "secret-key-1")).fingerprint
+            store.try_lease(ip, "a", ttl).await.expect("lease"),
+            None,
+            "re-entrant"
         );
-        assert_eq!(a.fingerprint.len(), 16);
-        assert!(!a.fingerprint.contains("secret"));
-        assert_ne!(
-            a.fingerprint,
-            Scope::of(&credentials("alice", "secret-key-2")).fingerprint
+        assert_eq!(
+            store.try_lease(ip, "b", ttl).await.expect("lease"),
+            Some("a".into())
         );
-        assert_ne!(
-            a.fingerprint,
-            Scope::of(&credentials("bob", "secret-key-1")).fingerprint
+        assert!(!store.renew_lease(ip, "b", ttl).await.expect("renew"));
+        assert!(store.renew_lease(ip, "a", ttl).await.expect("renew"));
+        store.release_lease(ip, "b").await.expect("release");
+        assert_eq!(
+            store.try_lease(ip, "b", ttl).await.expect("lease"),
+            Some("a".into()),
+            "only the holder releases"
+        );
+        store.release_lease(ip, "a").await.expect("release");
+        assert_eq!(store.try_lease(ip, "b", ttl).await.expect("lease"), None);
+
+        assert_eq!(store.read_verified(ip).await.expect("read"), None);
+        let record = Record {
+            ip,
+            verified_at_ms: unix_now_ms(),
+            by: "b".into(),
+        };
+        store.write_verified(&record, ttl).await.expect("write");
+        assert_eq!(
+            store.read_verified(ip).await.expect("read"),
+            Some(record.clone())
+        );
+        store
+            .write_verified(&record, Duration::from_millis(5))
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            store.read_verified(ip).await.expect("read"),
+            None,
+            "expired"
+        );
+
+        let window = Duration::from_secs(60);
+        assert_eq!(
+            store.take_budget(2, window, "t1").await.expect("budget"),
+            None
+        );
+        assert_eq!(
+            store.take_budget(2, window, "t2").await.expect("budget"),
+            None
+        );
+        let wait = store.take_budget(2, window, "t3").await.expect("budget");
+        assert!(
+            wait.is_some_and(|w| w > Duration::from_secs(50)),
+            "{wait:?}"
+        );
+        let short = Duration::from_millis(200);
+        let other: IpAddr = "203.0.113.8".parse().expect("ip");
+        assert_eq!(
+            store.try_lease(other, "c", short).await.expect("lease"),
+            None
+        );
+        tokio::time::sleep(short + Duration::from_millis(50)).await;
+        assert_eq!(
+            store.try_lease(other, "d", ttl).await.expect("lease"),
+            None,
+            "an expired lease is free"
         );
     }
 }

@@ -8,7 +8,7 @@ use redis::{AsyncConnectionConfig, Script};
 use tokio::sync::Mutex;
 
 use super::{Record, Scope, StoreError, millis};
-use crate::config::RedisUrl;
+use crate::secret::SecretUrl;
 
 /// Takes the lease if it is free (or already ours) and answers "" ; else answers the holder.
 const TRY_LEASE: &str = r"
@@ -45,7 +45,7 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
 ";
 
-pub struct RedisStore {
+pub(crate) struct RedisStore {
     client: redis::Client,
     shown: String,
     prefix: String,
@@ -59,7 +59,11 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(url: &RedisUrl, scope: &Scope, timeout: Duration) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        url: &SecretUrl,
+        scope: &Scope,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let shown = url.to_string();
         let client = redis::Client::open(url.expose()).map_err(|e| StoreError::Unavailable {
             store: shown.clone(),
@@ -125,7 +129,7 @@ impl RedisStore {
         }
     }
 
-    pub async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {
+    pub(crate) async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {
         let key = self.key("verified", ip);
         let text: Option<String> = self
             .run(async |c| redis::cmd("GET").arg(&key).query_async(c).await)
@@ -134,7 +138,11 @@ impl RedisStore {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
-    pub async fn write_verified(&self, record: &Record, ttl: Duration) -> Result<(), StoreError> {
+    pub(crate) async fn write_verified(
+        &self,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let key = self.key("verified", record.ip);
         let body = serde_json::to_string(record).map_err(|e| self.fail(e))?;
         self.run(async |c| {
@@ -149,7 +157,7 @@ impl RedisStore {
         .await
     }
 
-    pub async fn try_lease(
+    pub(crate) async fn try_lease(
         &self,
         ip: IpAddr,
         member: &str,
@@ -159,7 +167,7 @@ impl RedisStore {
         Ok((!holder.is_empty()).then_some(holder))
     }
 
-    pub async fn renew_lease(
+    pub(crate) async fn renew_lease(
         &self,
         ip: IpAddr,
         member: &str,
@@ -191,7 +199,7 @@ impl RedisStore {
         .await
     }
 
-    pub async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
+    pub(crate) async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
         let key = self.key("lease", ip);
         self.run(async |c| {
             self.release_lease
@@ -204,7 +212,7 @@ impl RedisStore {
         .map(drop)
     }
 
-    pub async fn take_budget(
+    pub(crate) async fn take_budget(
         &self,
         limit: u32,
         window: Duration,
@@ -225,7 +233,7 @@ impl RedisStore {
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.run(async |c| redis::cmd("PING").query_async::<()>(c).await)
             .await
     }
@@ -234,7 +242,6 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     /// A throwaway redis-server on a free port; None (said loudly) where it is not installed,
     /// a failure in CI.
@@ -269,9 +276,7 @@ mod tests {
         let Some((mut server, port)) = redis_server() else {
             return;
         };
-        let url = crate::config::SecretUrl::from_secret(SecretString::from(format!(
-            "redis://127.0.0.1:{port}/0"
-        )));
+        let url = crate::secret::SecretUrl::new(format!("redis://127.0.0.1:{port}/0"));
         let scope = Scope {
             username: "alice".into(),
             fingerprint: "0123".into(),
@@ -285,7 +290,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        super::super::assert_store_contract(super::super::Store::Redis(Box::new(
+        super::super::contract::assert_store_contract(super::super::Store::Redis(Box::new(
             RedisStore::new(&url, &scope, Duration::from_secs(3)).expect("store"),
         )))
         .await;

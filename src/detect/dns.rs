@@ -15,14 +15,14 @@ use super::{Family, IpSource, LookupFuture, ProviderError};
 
 /// What `dns://SERVER[:PORT]/NAME?type=..&class=..` asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DnsQuery {
-    pub server: SocketAddr,
-    pub name: String,
-    pub record: RecordType,
-    pub class: DNSClass,
+pub(crate) struct DnsQuery {
+    pub(crate) server: SocketAddr,
+    pub(crate) name: String,
+    pub(crate) record: RecordType,
+    pub(crate) class: DNSClass,
 }
 
-pub struct DnsWhoami {
+pub(crate) struct DnsWhoami {
     query: DnsQuery,
     timeout: Duration,
     /// hickory-resolver for class IN; it cannot send class CH, which the raw path covers.
@@ -30,7 +30,7 @@ pub struct DnsWhoami {
 }
 
 impl DnsWhoami {
-    pub fn new(query: DnsQuery, timeout: Duration) -> Self {
+    pub(crate) fn new(query: DnsQuery, timeout: Duration) -> Self {
         let resolver = (query.class == DNSClass::IN)
             .then(|| resolver_for(query.server, timeout))
             .flatten();
@@ -146,7 +146,7 @@ async fn raw_query(query: &DnsQuery, timeout: Duration) -> Result<Message, Provi
 
 /// The one address the answer records hold: A/AAAA data, or a TXT string that is an address.
 /// Google's whoami adds an `edns0-client-subnet` TXT, which is not an address and is skipped.
-pub fn address_in(records: &[Record], record: RecordType) -> Result<IpAddr, ProviderError> {
+pub(crate) fn address_in(records: &[Record], record: RecordType) -> Result<IpAddr, ProviderError> {
     let mut found: Vec<IpAddr> = Vec::new();
     for answer in records {
         let ip = match (&answer.data, record) {

@@ -2,14 +2,15 @@
 
 use std::net::IpAddr;
 
-use super::{Family, IpSource, LookupFuture, ProviderError, validate};
+use super::{Family, IpSource, LookupFuture, ProviderError};
+use crate::net::non_public_reason;
 
-pub struct InterfaceAddress {
+pub(crate) struct InterfaceAddress {
     name: String,
 }
 
 impl InterfaceAddress {
-    pub fn new(name: String) -> Self {
+    pub(crate) fn new(name: String) -> Self {
         InterfaceAddress { name }
     }
 
@@ -23,7 +24,7 @@ impl InterfaceAddress {
             .filter(|ip| Family::of(*ip) == family)
             .collect();
         // A global address first: an interface often holds link-local ones beside it.
-        addresses.sort_by_key(|ip| validate::non_public_reason(*ip).is_some());
+        addresses.sort_by_key(|ip| non_public_reason(*ip).is_some());
         addresses.first().copied().ok_or_else(|| {
             ProviderError::Failed(format!("no {family} address on interface {}", self.name))
         })

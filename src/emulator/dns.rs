@@ -9,7 +9,7 @@ use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{RData, Record, RecordType};
 
 /// The answer to one datagram, or None for anything that is not a question.
-pub fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+pub(crate) fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
     let request = Message::from_vec(datagram).ok()?;
     if request.metadata.message_type != MessageType::Query {
         return None;
@@ -37,7 +37,7 @@ pub fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
 }
 
 /// Answers every datagram after `latency`, each in its own task so one delay never holds another.
-pub async fn serve(socket: tokio::net::UdpSocket, latency: Duration) -> std::io::Result<()> {
+pub(crate) async fn serve(socket: tokio::net::UdpSocket, latency: Duration) -> std::io::Result<()> {
     let socket = Arc::new(socket);
     let mut buffer = vec![0u8; 4096];
     loop {

@@ -1,6 +1,7 @@
 //! Offline stand-in for the sendSMS JSON API (keys, whitelists, faults), for demos, tests and users' CI.
 
-pub mod dns;
+pub(crate) mod args;
+pub(crate) mod dns;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +53,7 @@ pub enum Fault {
     UnknownStatus,
 }
 
+/// The two kinds of API key the provider offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
@@ -64,22 +66,33 @@ pub enum KeyKind {
 /// Everything the emulator models; each unknown of the real API is a setting.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The account's user name.
     pub username: String,
+    /// The account's password (token actions need an API key instead).
     pub password: String,
     /// In the order given on the command line; `/_emulator/state` reports them in this order.
     pub keys: Vec<(KeyKind, String)>,
+    /// Addresses pre-whitelisted on every default key.
     pub allow: Vec<IpAddr>,
+    /// Added delay before each answer (API, `/ip` echo, DNS whoami).
     pub latency: Duration,
+    /// An added IP takes effect only after this.
     pub propagation_delay: Duration,
+    /// Status answered when `token_add_ip` names a listed IP.
     pub duplicate_status: i64,
     /// Unbilled requests per window per account; 0 turns the limit off.
     pub rate_limit: u32,
+    /// Status answered when the rate limit is hit.
     pub rate_limit_status: i64,
+    /// Length of the rate-limit window.
     pub rate_window: Duration,
+    /// Chance (0 to 1) of a transient fault per API request.
     pub fail_rate: f64,
+    /// What a request hit by `fail_rate` gets.
     pub fault: Fault,
     /// Every API request is answered as rate-limited for this long after start.
     pub rate_limited_for: Duration,
+    /// Shape of `token_list_ips` details.
     pub list_format: ListFormat,
 }
 
@@ -155,16 +168,13 @@ struct Emulator {
 
 impl Emulator {
     fn account(&self) -> MutexGuard<'_, Account> {
-        // A panic while holding the lock cannot leave the account half-changed in a way that
-        // matters to a test double, so a poisoned lock is simply taken over.
-        self.account
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::util::lock(&self.account)
     }
 }
 
 /// A running emulator; dropping it does not stop it, `shutdown` does.
 pub struct RunningEmulator {
+    /// The HTTP address it listens on.
     pub addr: SocketAddr,
     /// The DNS whoami's address, when one was asked for.
     pub dns_addr: Option<SocketAddr>,
@@ -179,6 +189,7 @@ impl RunningEmulator {
         snapshot(&self.emulator)
     }
 
+    /// Runs until the HTTP or the DNS server fails.
     pub async fn wait(self) -> std::io::Result<()> {
         let dns = async {
             match self.dns_task {
@@ -192,6 +203,7 @@ impl RunningEmulator {
         }
     }
 
+    /// Stops both servers.
     pub fn shutdown(&self) {
         self.task.abort();
         if let Some(task) = &self.dns_task {
@@ -200,6 +212,7 @@ impl RunningEmulator {
     }
 }
 
+/// Starts the emulator on `listen` (HTTP) and, when given, `dns_listen` (UDP DNS whoami).
 pub async fn start(
     listen: SocketAddr,
     dns_listen: Option<SocketAddr>,

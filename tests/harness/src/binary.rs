@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 
 use crate::child::Watched;
-use crate::env::Env;
 use crate::secrets::register_env;
 
 /// Longer than any run a test makes (the slowest ride out a minute of rate limiting), short
@@ -43,7 +42,7 @@ pub fn binary() -> &'static Path {
 
 /// The binary (after `prefix`, a command that runs it, such as `ip netns exec NS`) with `args`
 /// and exactly `env` plus PATH; every secret in `env` joins the leak check.
-pub(crate) fn command(prefix: &[&str], args: &[&str], env: &Env) -> Command {
+pub(crate) fn command(prefix: &[&str], args: &[&str], env: &[(String, String)]) -> Command {
     register_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut command = match prefix.split_first() {
         Some((program, rest)) => {
@@ -71,7 +70,7 @@ pub struct Run {
 }
 
 /// Runs the binary with exactly `env` (plus PATH) to its end; no secret may be in its output.
-pub async fn run(args: &[&str], env: &Env) -> Run {
+pub async fn run(args: &[&str], env: &[(String, String)]) -> Run {
     let started = Instant::now();
     let label = format!("sendsms-whitelister {}", args.join(" "));
     let mut child = Watched::spawn(label, command(&[], args, env));

@@ -42,10 +42,7 @@ impl Emulator {
         let mut args = vec!["emulator", "--listen", listen, "--dns-listen", listen];
         args.extend(["--username", USERNAME, "--default-key", KEY]);
         args.extend_from_slice(extra);
-        let child = Watched::spawn(
-            format!("emulator on {listen}"),
-            command(&[], &args, &Env::new()),
-        );
+        let child = Watched::spawn(format!("emulator on {listen}"), command(&[], &args, &[]));
         let announced = child
             .wait_for_stdout("its two addresses", Duration::from_secs(10), |text| {
                 text.split_once("dns listening on udp://")

@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use crate::binary::command;
 use crate::child::{Exited, Watched};
-use crate::env::Env;
 use crate::http::http_client;
 use crate::secrets::assert_clean;
 use crate::tools::free_port;
@@ -84,7 +83,11 @@ pub struct Sidecar {
 impl Sidecar {
     /// `prefix` runs the binary through another command (such as `ip netns exec NS`); the
     /// status server listens on `listen`.
-    pub async fn start_with(prefix: &[&str], env: &Env, listen: SocketAddr) -> Sidecar {
+    pub async fn start_with(
+        prefix: &[&str],
+        env: &[(String, String)],
+        listen: SocketAddr,
+    ) -> Sidecar {
         let mut command = command(prefix, &["run"], env);
         command.env("SENDSMS_LISTEN", listen.to_string());
         Sidecar {
@@ -94,7 +97,7 @@ impl Sidecar {
     }
 
     /// On loopback, on a free port.
-    pub async fn start(env: &Env) -> Sidecar {
+    pub async fn start(env: &[(String, String)]) -> Sidecar {
         Self::start_with(&[], env, ([127, 0, 0, 1], free_port()).into()).await
     }
 

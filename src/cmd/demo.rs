@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::cli::{self, Exit, Failure};
+use super::{Error, Outcome, check, once};
 use crate::config::Config;
 use crate::emulator::{self, KeyKind, Settings};
 
@@ -11,14 +11,14 @@ use crate::emulator::{self, KeyKind, Settings};
 const BASTION: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const USERNAME: &str = "demo";
 
-fn failed(step: &str, failure: Failure) -> Failure {
-    Failure {
-        exit: failure.exit,
-        message: format!("demo step '{step}' failed: {}", failure.message),
+fn failed(step: &'static str) -> impl FnOnce(Error) -> Error {
+    move |source| Error::Demo {
+        step,
+        source: Box::new(source),
     }
 }
 
-pub async fn run() -> Result<Exit, Failure> {
+pub(crate) async fn run() -> Result<Outcome, Error> {
     let api_key = format!("demo-key-{:016x}", rand::random::<u64>());
     let settings = Settings {
         username: USERNAME.into(),
@@ -29,23 +29,19 @@ pub async fn run() -> Result<Exit, Failure> {
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let running = emulator::start(listen, Some(listen), settings)
         .await
-        .map_err(|e| Failure {
-            exit: Exit::NotVerified,
-            message: format!("the demo emulator cannot listen on {listen}: {e}"),
+        .map_err(|source| Error::Bind {
+            what: format!("the demo emulator on {listen}"),
+            source,
         })?;
     let base = format!("http://{}", running.addr);
     let dns = running.dns_addr.map(|a| a.to_string()).unwrap_or_default();
-    println!("sendsms-whitelister demo: the whole flow, offline, against the built-in emulator.");
-    println!();
-    println!(
-        "1. A stand-in sendSMS API listens on {base}/json with one account ({USERNAME}) and one"
-    );
-    println!(
+    say!("sendsms-whitelister demo: the whole flow, offline, against the built-in emulator.");
+    say!();
+    say!("1. A stand-in sendSMS API listens on {base}/json with one account ({USERNAME}) and one");
+    say!(
         "   IP-locked API key. Its whitelist holds only {BASTION}, the \"bastion\": the path that"
     );
-    println!(
-        "   is already authorized. This host's own address is not on it, so the key fails here."
-    );
+    say!("   is already authorized. This host's own address is not on it, so the key fails here.");
 
     let config = Config::from_vars(
         [
@@ -66,27 +62,23 @@ pub async fn run() -> Result<Exit, Failure> {
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     )
-    .map_err(|e| failed("configure", e.into()))?;
+    .map_err(|e| failed("configure")(e.into()))?;
 
-    println!();
-    println!(
-        "2. `once`: detect the egress IP (two providers must agree: the emulator's /ip echo and"
-    );
-    println!("   its DNS whoami on udp://{dns}), try the key from here");
-    println!(
-        "   (token_list_ips), add the IP with token_add_ip sent from the bastion address, then"
-    );
-    println!("   call token_list_ips from here until the key works and lists the IP.");
-    let reports = cli::once(&config).await.map_err(|f| failed("once", f))?;
+    say!();
+    say!("2. `once`: detect the egress IP (two providers must agree: the emulator's /ip echo and");
+    say!("   its DNS whoami on udp://{dns}), try the key from here");
+    say!("   (token_list_ips), add the IP with token_add_ip sent from the bastion address, then");
+    say!("   call token_list_ips from here until the key works and lists the IP.");
+    let reports = once::prove(&config).await.map_err(failed("once"))?;
     for report in &reports {
-        println!("   -> {report}");
+        say!("   -> {report}");
     }
 
-    println!();
-    println!("3. `check`: the read-only proof an operator or a probe would run.");
-    let checks = cli::check(&config).await.map_err(|f| failed("check", f))?;
+    say!();
+    say!("3. `check`: the read-only proof an operator or a probe would run.");
+    let checks = check::inspect(&config).await.map_err(failed("check"))?;
     for check in &checks {
-        println!(
+        say!(
             "   -> {} listed: {}; whitelist: {}",
             check.ip,
             if check.usable() {
@@ -102,15 +94,15 @@ pub async fn run() -> Result<Exit, Failure> {
         );
     }
 
-    println!();
-    println!("4. What the emulator saw, per action (accepted / refused):");
+    say!();
+    say!("4. What the emulator saw, per action (accepted / refused):");
     let state = running.state();
     if let Some(requests) = state
         .pointer("/keys/0/requests")
         .and_then(|r| r.as_object())
     {
         for (action, counts) in requests {
-            println!(
+            say!(
                 "   {action}: {} / {}",
                 counts.get("accepted").unwrap_or(&serde_json::Value::Null),
                 counts.get("refused").unwrap_or(&serde_json::Value::Null)
@@ -118,18 +110,13 @@ pub async fn run() -> Result<Exit, Failure> {
         }
     }
     running.shutdown();
-    let usable = checks.iter().all(|c| c.usable());
-    println!();
-    if usable {
-        println!(
-            "Done: the key now works from this host. In production, point SENDSMS_API_URL at the"
-        );
-        println!("real API and SENDSMS_BOOTSTRAP_PROXY or SENDSMS_BOOTSTRAP_BIND at your bastion.");
-        Ok(Exit::Success)
+    say!();
+    if checks.iter().all(|c| c.usable()) {
+        say!("Done: the key now works from this host. In production, point SENDSMS_API_URL at the");
+        say!("real API and SENDSMS_BOOTSTRAP_PROXY or SENDSMS_BOOTSTRAP_BIND at your bastion.");
+        Ok(Outcome::Success)
     } else {
-        Err(Failure {
-            exit: Exit::NotUsable,
-            message: "demo: check found the IP unusable after once succeeded".into(),
-        })
+        say!("demo: check found the IP unusable after once succeeded");
+        Ok(Outcome::NotUsable)
     }
 }

@@ -1,9 +1,50 @@
-//! Which addresses may be whitelisted: global unicast only, unless non-public ones are allowed.
+//! Address families and address rules: which family an address is, and which addresses are public.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Why an address is not a public egress address, or None when it is one.
-pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
+/// An address family; each is detected, whitelisted and proven over its own transport.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub(crate) enum Family {
+    #[serde(rename = "ipv4")]
+    V4,
+    #[serde(rename = "ipv6")]
+    V6,
+}
+
+impl Family {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    /// The unspecified address of this family: binding to it pins the transport to the family.
+    pub(crate) fn unspecified(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::from([0u8; 4]),
+            Family::V6 => IpAddr::from([0u16; 8]),
+        }
+    }
+
+    /// The name used in configuration, logs, `/status` and metric labels.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an address is not a public egress address, or None when it is one: only global unicast
+/// may be whitelisted, unless non-public ones are allowed.
+pub(crate) fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => v4_reason(v4),
         IpAddr::V6(v6) => v6_reason(v6),

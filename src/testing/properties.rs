@@ -19,11 +19,17 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{Map, Value, json};
 
-use sendsms_whitelister::config::{Config, ConfigError, DetectionConfig, host_is_loopback};
-use sendsms_whitelister::detect::{Family, ProviderKind, ProviderSpec, address_in, parse_echo};
-use sendsms_whitelister::emulator::dns::answer;
-use sendsms_whitelister::sendsms::{ApiStatus, Whitelist, WhitelistEntry, parse_response};
-use sendsms_whitelister::state::{StateFile, VerifiedIp};
+use crate::config::{Config, ConfigError, detection_from_vars, host_is_loopback};
+use crate::detect::dns::address_in;
+use crate::detect::echo::parse_echo;
+use crate::detect::{ProviderKind, ProviderSpec};
+use crate::emulator::dns::answer;
+use crate::net::Family;
+use crate::secret::Credentials;
+use crate::sendsms::Whitelist;
+use crate::sendsms::api::{ApiStatus, parse_response};
+use crate::sendsms::whitelist::WhitelistEntry;
+use crate::state::{StateFile, VerifiedIp};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -463,7 +469,7 @@ fn networks_with_an_impossible_prefix_are_not_listed() {
         strategy,
         |(network, prefix)| {
             let list = Whitelist::from_details(&json!([format!("{network}/{prefix}")]));
-            prop_assert!(list.is_empty(), "{}/{} gave {}", network, prefix, list);
+            prop_assert!(list.0.is_empty(), "{}/{} gave {}", network, prefix, list);
             Ok(())
         },
     );
@@ -975,33 +981,20 @@ fn provider_spec_dns_round_trip() {
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
-/// Every variable `RawEnv` in src/config.rs reads.
-const VARIABLES: &[&str] = &[
-    "USERNAME",
-    "USERNAME_FILE",
-    "API_KEY",
-    "API_KEY_FILE",
-    "PASSWORD",
-    "PASSWORD_FILE",
-    "API_URL",
-    "ALLOW_INSECURE_API_URL",
-    "BOOTSTRAP_PROXY",
-    "BOOTSTRAP_BIND",
-    "IP_PROVIDERS",
-    "IP_QUORUM",
-    "IP_FAMILIES",
-    "ALLOW_NON_PUBLIC_IPS",
-    "VERIFY_TIMEOUT",
-    "REQUEST_TIMEOUT",
-    "POLL_INTERVAL",
-    "REVERIFY_INTERVAL",
-    "API_BUDGET",
-    "STATE_FILE",
-    "LISTEN",
-    "LOG_FORMAT",
-    "RECHECK_MIN_INTERVAL",
-    "RECHECK_ALLOW_REMOTE",
-];
+/// Every variable the configuration reads, without its prefix, read from the code itself
+/// (`config::variables`), so a new variable is covered here as soon as it exists.
+fn variables() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        crate::config::variables()
+            .into_iter()
+            .map(|name| {
+                let short = name.trim_start_matches("SENDSMS_").to_owned();
+                &*Box::leak(short.into_boxed_str())
+            })
+            .collect()
+    })
+}
 
 const DURATIONS: &[&str] = &[
     "VERIFY_TIMEOUT",
@@ -1009,6 +1002,7 @@ const DURATIONS: &[&str] = &[
     "POLL_INTERVAL",
     "REVERIFY_INTERVAL",
     "RECHECK_MIN_INTERVAL",
+    "COORDINATION_LEASE",
 ];
 
 /// One variable's value: text, or (for `*_FILE`) a file to create with this content.
@@ -1092,8 +1086,44 @@ fn plausible(var: &str) -> (Vec<&'static str>, Vec<&'static str>) {
             vec!["127.0.0.1", "localhost:80", ":9797"],
         ),
         "LOG_FORMAT" => (vec!["json", "TEXT"], vec!["xml"]),
+        "NOTIFY_URLS" => (
+            vec![
+                "https://hooks.slack.com/services/T0/B0/x",
+                "json+https://example.net/hook, discord+https://discord.com/api/webhooks/1/x",
+            ],
+            vec!["ftp://example.net", ",", "slack+", "https://"],
+        ),
+        "NOTIFY_EVENTS" => (
+            vec![
+                "ip_changed",
+                "not_ready_for=10m,recovered",
+                "WHITELISTED, not_ready_for",
+            ],
+            vec!["ip_changed=5m", "everything", ",", "not_ready_for=soon"],
+        ),
+        "HEARTBEAT_URL" => (
+            vec![
+                "https://hc-ping.com/uuid",
+                "http://kuma:3001/api/push/abc?status=up",
+            ],
+            vec!["hc-ping.com/uuid", "gopher://x"],
+        ),
+        "COORDINATION" => (
+            vec![
+                "none",
+                "file:/var/lib/fleet",
+                "redis://cache:6379/0",
+                "rediss://cache/1",
+            ],
+            vec![
+                "file:fleet",
+                "memcached://host",
+                "redis:///0",
+                "redis://host/cache",
+            ],
+        ),
         d if DURATIONS.contains(&d) => durations,
-        _ => (vec![], vec![]),
+        other => panic!("no plausible values for SENDSMS_{other}: add them to `plausible`"),
     }
 }
 
@@ -1129,6 +1159,10 @@ enum SecretAt {
         host: &'static str,
     },
     ApiUrlPassword,
+    /// A webhook's token, in its path.
+    NotifyUrl,
+    /// A heartbeat's token, in its path.
+    HeartbeatUrl,
 }
 
 #[derive(Clone, Debug)]
@@ -1139,7 +1173,7 @@ struct EnvCase {
 }
 
 fn env_case() -> impl Strategy<Value = EnvCase> {
-    let settings: Vec<_> = VARIABLES
+    let settings: Vec<_> = variables()
         .iter()
         .map(|&var| {
             // The user name is usually there and a second key source rarely, so that a good
@@ -1163,6 +1197,8 @@ fn env_case() -> impl Strategy<Value = EnvCase> {
         )
             .prop_map(|(scheme, host)| SecretAt::ProxyPassword { scheme, host }),
         Just(SecretAt::ApiUrlPassword),
+        Just(SecretAt::NotifyUrl),
+        Just(SecretAt::HeartbeatUrl),
     ];
     (settings, "[A-Za-z0-9]{16,24}", at).prop_map(|(settings, secret, at)| EnvCase {
         settings,
@@ -1199,6 +1235,11 @@ impl EnvCase {
                 "BOOTSTRAP_PROXY",
                 format!("{scheme}://proxyuser:{secret}@{host}"),
             ),
+            SecretAt::NotifyUrl => (
+                "NOTIFY_URLS",
+                format!("https://hooks.slack.com/services/{secret}, ftp://x/{secret}"),
+            ),
+            SecretAt::HeartbeatUrl => ("HEARTBEAT_URL", format!("hc-ping.com/{secret}")),
             SecretAt::ApiUrlPassword => (
                 "API_URL",
                 format!("https://user:{secret}@api.sendsms.ro/json"),
@@ -1246,9 +1287,9 @@ fn config_never_panics_names_the_culprit_and_never_leaks_a_secret() {
             CONFIG_OUTCOMES[0].fetch_add(1, Ordering::Relaxed);
             let debug = format!("{config:?}");
             prop_assert!(!debug.contains(secret), "the secret leaked: {}", debug);
-            prop_assert!(!config.bootstrap.to_string().contains(secret));
+            prop_assert!(!config.flow.api.bootstrap.to_string().contains(secret));
             use secrecy::ExposeSecret;
-            let key = config.credentials.api_key.expose_secret();
+            let key = config.flow.credentials.api_key.expose_secret();
             match case.at {
                 SecretAt::ApiKey
                 | SecretAt::Password
@@ -1258,6 +1299,8 @@ fn config_never_panics_names_the_culprit_and_never_leaks_a_secret() {
                 }
                 SecretAt::ProxyPassword { .. } => {
                     let proxy = config
+                        .flow
+                        .api
                         .bootstrap
                         .proxy
                         .as_ref()
@@ -1269,9 +1312,14 @@ fn config_never_panics_names_the_culprit_and_never_leaks_a_secret() {
                         "an API URL with a password was accepted",
                     ));
                 }
+                SecretAt::NotifyUrl | SecretAt::HeartbeatUrl => {
+                    return Err(TestCaseError::fail(
+                        "an unusable webhook or heartbeat URL was accepted",
+                    ));
+                }
             }
             // The key only ever travels over TLS, unless to loopback or by explicit override.
-            let url = &config.api_url;
+            let url = &config.flow.api.url;
             let insecure_allowed = case.is_set("ALLOW_INSECURE_API_URL");
             prop_assert!(
                 url.scheme() == "https"
@@ -1284,18 +1332,19 @@ fn config_never_panics_names_the_culprit_and_never_leaks_a_secret() {
             );
             // Every duration is usable: it can be doubled and added to a deadline.
             for d in [
-                config.verify_timeout,
-                config.request_timeout,
-                config.poll_interval,
-                config.reverify_interval,
-                config.recheck_min_interval,
+                config.flow.verify_timeout,
+                config.flow.api.request_timeout,
+                config.sidecar.poll_interval,
+                config.sidecar.reverify_interval,
+                config.sidecar.recheck_min_interval,
+                config.flow.coordination.lease,
                 config.detection.timeout,
             ] {
                 prop_assert!(!d.is_zero());
                 prop_assert!(d <= Duration::from_secs(366 * 24 * 3600), "{:?}", d);
                 prop_assert!(std::time::Instant::now().checked_add(d * 4).is_some());
             }
-            prop_assert!((1..=600).contains(&config.api_budget));
+            prop_assert!((1..=600).contains(&config.flow.api_budget));
             Ok(())
         },
     );
@@ -1320,7 +1369,7 @@ fn detection_config_never_panics_and_stays_in_range() {
         env_case(),
         |case| {
             let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            match DetectionConfig::from_vars(case.vars(dir.path())) {
+            match detection_from_vars(case.vars(dir.path())) {
                 Err(e) => error_is_safe(&e, &case.secret),
                 Ok(detection) => {
                     prop_assert!((1..=16).contains(&detection.quorum));
@@ -1396,6 +1445,14 @@ fn owner() -> impl Strategy<Value = (String, String)> {
     )
 }
 
+/// The account `user` with a fixed key: the state file's owner is the account, key and URL.
+fn account(user: &str) -> Credentials {
+    Credentials {
+        username: user.to_owned(),
+        api_key: secrecy::SecretString::from("k3y".to_owned()),
+    }
+}
+
 #[test]
 fn state_file_save_then_load_round_trips() {
     let strategy = (owner(), prop::collection::vec(verified_ip(), 0..8));
@@ -1404,12 +1461,16 @@ fn state_file_save_then_load_round_trips() {
         strategy,
         |((user, url), verified)| {
             let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let file = StateFile::new(dir.path().join("state.json"), &user, &url);
+            let file = StateFile::new(dir.path().join("state.json"), &account(&user), &url);
             file.save(&verified)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(file.load(), verified.clone());
             // Another account never reads it.
-            let other = StateFile::new(dir.path().join("state.json"), &format!("{user}x"), &url);
+            let other = StateFile::new(
+                dir.path().join("state.json"),
+                &account(&format!("{user}x")),
+                &url,
+            );
             prop_assert!(other.load().is_empty());
             // No temporary file is left behind.
             let entries = std::fs::read_dir(dir.path())
@@ -1481,7 +1542,7 @@ fn state_file_load_accepts_only_an_intact_document_of_its_owner() {
         |((user, url), verified, damage)| {
             let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
             let path = dir.path().join("state.json");
-            let file = StateFile::new(path.clone(), &user, &url);
+            let file = StateFile::new(path.clone(), &account(&user), &url);
             file.save(&verified)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let saved = std::fs::read(&path).map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -9,17 +9,17 @@ use url::Url;
 use super::{Family, IpSource, LookupFuture, ProviderError};
 
 /// An echo answer is one address; anything bigger is not an echo service.
-pub const MAX_ECHO_BYTES: usize = 1024;
+pub(crate) const MAX_ECHO_BYTES: usize = 1024;
 
 /// The clients every HTTP provider shares, one per family, each bound to that family's
 /// unspecified address. Built once per detector: a client carries its own TLS root store.
-pub struct EchoClients {
+pub(crate) struct EchoClients {
     v4: Result<reqwest::Client, String>,
     v6: Result<reqwest::Client, String>,
 }
 
 impl EchoClients {
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         let client = |family: Family| {
             // No kept-alive connections: one opened before an egress change may still leave
             // through the old route and report the old address.
@@ -44,13 +44,13 @@ impl EchoClients {
     }
 }
 
-pub struct HttpEcho {
+pub(crate) struct HttpEcho {
     url: Url,
     clients: Arc<EchoClients>,
 }
 
 impl HttpEcho {
-    pub fn new(url: Url, clients: Arc<EchoClients>) -> Self {
+    pub(crate) fn new(url: Url, clients: Arc<EchoClients>) -> Self {
         HttpEcho { url, clients }
     }
 
@@ -82,7 +82,7 @@ impl IpSource for HttpEcho {
 }
 
 /// Reads the one address an echo body holds.
-pub fn parse_echo(body: &[u8]) -> Result<IpAddr, String> {
+pub(crate) fn parse_echo(body: &[u8]) -> Result<IpAddr, String> {
     let text = std::str::from_utf8(body).map_err(|_| "a body that is not text".to_owned())?;
     let text = text.trim();
     if let Ok(ip) = text.parse::<IpAddr>() {

@@ -1,0 +1,64 @@
+//! `run`: the status server and the control loop, until SIGTERM or SIGINT (then exit 0 within 5 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{Error, Outcome};
+use crate::config::Config;
+use crate::detect::Detector;
+use crate::flow::Flow;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::server;
+use crate::sidecar::Sidecar;
+
+pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Bind {
+            what: format!("SENDSMS_LISTEN={listen}"),
+            source,
+        })?;
+    let metrics = Arc::new(Metrics::new(config.flow.coordination.mode.name()));
+    let flow = Flow::new(&config.flow, Arc::clone(&metrics))?;
+    // A recheck waits for a whole round: detection, then verification, perhaps twice over.
+    let recheck_timeout = flow.time_limit() * 2 + config.detection.timeout;
+    let detector = Detector::new(&config.detection);
+    let notifier = Notifier::start(config.notify, Arc::clone(&metrics));
+    let (sidecar, shared, rechecks) =
+        Sidecar::new(config.sidecar, detector, flow, metrics, notifier);
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let router = server::routes::router(
+        Arc::clone(&shared),
+        config.server.recheck_allow_remote,
+        recheck_timeout,
+    );
+    let server = tokio::spawn(server::serve(listener, router, async move {
+        let _ = server_stopped.await;
+    }));
+    tracing::info!(%listen, "status server listening");
+    sidecar.run(rechecks, shutdown_signal()).await;
+    let _ = stop_server.send(());
+    // In-flight status requests get a moment; the process exits regardless.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    Ok(Outcome::Success)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        // Without a SIGTERM handler, SIGINT still works; SIGTERM then kills as it would anyway.
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

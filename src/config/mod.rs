@@ -1,0 +1,487 @@
+//! Configuration: read the `SENDSMS_*` environment once, validate every value, and hand each part its own settings.
+
+mod values;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::logging::LogFormat;
+use crate::secret::Credentials;
+use crate::state::StateFile;
+use crate::{coord, detect, flow, notify, sendsms, server, sidecar};
+
+pub(crate) use values::{host_is_loopback, parse_listen};
+use values::{
+    parse_api_url, parse_bool, parse_coordination, parse_duration, parse_families, parse_heartbeat,
+    parse_notify_events, parse_notify_urls, parse_number, parse_providers, parse_proxy,
+    secret_or_file,
+};
+
+const ENV_PREFIX: &str = "SENDSMS_";
+const DEFAULT_API_URL: &str = "https://api.sendsms.ro/json";
+
+/// A configuration problem; the message names the variable and what a right value looks like.
+/// It never repeats a secret's value.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("{var} is required: {hint}")]
+    Missing { var: String, hint: &'static str },
+    #[error("{var} is invalid ({problem}); expected {expected}")]
+    Invalid {
+        var: String,
+        problem: String,
+        expected: &'static str,
+    },
+    #[error("{a} and {b} are both set; set only one of them")]
+    Conflict { a: String, b: String },
+    #[error("{var} names a file that cannot be read ({path}): {source}")]
+    UnreadableFile {
+        var: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the SENDSMS_* variables cannot be read ({0}); set each one once, in upper case")]
+    Environment(String),
+}
+
+/// The process environment; a non-UTF-8 variable is skipped (ours are all UTF-8).
+pub(crate) fn utf8_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+}
+
+fn var(name: &str) -> String {
+    format!("{ENV_PREFIX}{}", name.to_ascii_uppercase())
+}
+
+fn invalid(name: &str, problem: impl Into<String>, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        var: var(name),
+        problem: problem.into(),
+        expected,
+    }
+}
+
+/// The checked configuration of `run`, `once` and `check`, split into each part's settings,
+/// so that every part sees only its own.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) flow: flow::Settings,
+    pub(crate) detection: detect::Settings,
+    pub(crate) sidecar: sidecar::Settings,
+    pub(crate) server: server::Settings,
+    pub(crate) notify: notify::Settings,
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// The raw environment, as envy reads it: strings only, so every value gets our own
+/// validation and an error that names its variable without echoing a secret.
+#[derive(Deserialize, Default)]
+struct RawEnv {
+    username: Option<String>,
+    username_file: Option<PathBuf>,
+    api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    api_url: Option<String>,
+    allow_insecure_api_url: Option<String>,
+    bootstrap_proxy: Option<String>,
+    bootstrap_bind: Option<String>,
+    ip_providers: Option<String>,
+    ip_quorum: Option<String>,
+    ip_families: Option<String>,
+    allow_non_public_ips: Option<String>,
+    verify_timeout: Option<String>,
+    request_timeout: Option<String>,
+    poll_interval: Option<String>,
+    reverify_interval: Option<String>,
+    api_budget: Option<String>,
+    state_file: Option<PathBuf>,
+    listen: Option<String>,
+    log_format: Option<String>,
+    recheck_min_interval: Option<String>,
+    recheck_allow_remote: Option<String>,
+    coordination: Option<String>,
+    coordination_lease: Option<String>,
+    notify_urls: Option<String>,
+    notify_urls_file: Option<PathBuf>,
+    notify_events: Option<String>,
+    heartbeat_url: Option<String>,
+    heartbeat_url_file: Option<PathBuf>,
+}
+
+/// Every variable the configuration reads, as the user sets it (`SENDSMS_API_KEY`, ...),
+/// derived from `RawEnv` itself so that no list can fall behind it.
+pub(crate) fn variables() -> Vec<String> {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only records the field names serde asks it for.
+    struct Fields(&'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for &mut Fields {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(de::Error::custom("field names read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields = Fields(&[]);
+    let _ = RawEnv::deserialize(&mut fields);
+    fields.0.iter().map(|name| var(name)).collect()
+}
+
+impl Config {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(utf8_env())
+    }
+
+    pub(crate) fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        RawEnv::load(vars)?.validate()
+    }
+}
+
+/// Only the notification settings: `notify-test` runs without credentials.
+pub(crate) fn notify_from_vars(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<notify::Settings, ConfigError> {
+    RawEnv::load(vars)?.notify()
+}
+
+/// Only what detection needs: `detect` runs without credentials.
+pub(crate) fn detection_from_vars(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<detect::Settings, ConfigError> {
+    RawEnv::load(vars)?.detection()
+}
+
+impl RawEnv {
+    fn load(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        // Empty values count as unset, as shells and compose files often leave `VAR=`.
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            // Upper case only, as documented: envy folds case, so `SENDSMS_api_key` beside
+            // `SENDSMS_API_KEY` would otherwise collide.
+            .filter(|(k, v)| {
+                k.starts_with(ENV_PREFIX) && *k == k.to_ascii_uppercase() && !v.trim().is_empty()
+            })
+            .collect();
+        envy::prefixed(ENV_PREFIX)
+            .from_iter(vars)
+            .map_err(|e| ConfigError::Environment(e.to_string()))
+    }
+
+    fn detection(&mut self) -> Result<detect::Settings, ConfigError> {
+        let providers = match self.ip_providers.take() {
+            Some(list) => parse_providers(&list)?,
+            None => detect::default_providers(),
+        };
+        let families = match self.ip_families.take() {
+            Some(v) => parse_families(&v)?,
+            None => vec![crate::net::Family::V4],
+        };
+        Ok(detect::Settings {
+            providers,
+            quorum: parse_number("ip_quorum", self.ip_quorum.take(), 2, 1..=16)? as usize,
+            families,
+            allow_non_public: parse_bool("allow_non_public_ips", self.allow_non_public_ips.take())?,
+            timeout: parse_duration("request_timeout", self.request_timeout.clone(), "10s")?,
+        })
+    }
+
+    fn notify(&mut self) -> Result<notify::Settings, ConfigError> {
+        let urls = secret_or_file(
+            "notify_urls",
+            self.notify_urls.take(),
+            self.notify_urls_file.take(),
+        )?;
+        let heartbeat = secret_or_file(
+            "heartbeat_url",
+            self.heartbeat_url.take(),
+            self.heartbeat_url_file.take(),
+        )?;
+        let (chosen, not_ready_for) = parse_notify_events(self.notify_events.take())?;
+        Ok(notify::Settings {
+            targets: urls
+                .map(|u| parse_notify_urls(&u))
+                .transpose()?
+                .unwrap_or_default(),
+            chosen,
+            not_ready_for,
+            heartbeat: heartbeat.map(|h| parse_heartbeat(&h)).transpose()?,
+            retry: notify::RETRY,
+            attempts: 5,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        let detection = self.detection()?;
+        let notify = self.notify()?;
+        let username =
+            secret_or_file("username", self.username, self.username_file)?.ok_or_else(|| {
+                ConfigError::Missing {
+                    var: var("username"),
+                    hint: "the sendSMS account user name (or SENDSMS_USERNAME_FILE)",
+                }
+            })?;
+        let key = secret_or_file("api_key", self.api_key, self.api_key_file)?;
+        let password = secret_or_file("password", self.password, self.password_file)?;
+        let api_key = match (key, password) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    a: var("api_key"),
+                    b: var("password"),
+                });
+            }
+            (Some(k), None) | (None, Some(k)) => k,
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    var: var("api_key"),
+                    hint: "the IP-locked sendSMS API key (or SENDSMS_API_KEY_FILE; SENDSMS_PASSWORD is an alias)",
+                });
+            }
+        };
+        let credentials = Credentials {
+            username: username.expose_secret().to_owned(),
+            api_key,
+        };
+        let allow_insecure = parse_bool("allow_insecure_api_url", self.allow_insecure_api_url)?;
+        let api_url = parse_api_url(self.api_url.as_deref(), allow_insecure)?;
+        let bootstrap = sendsms::BootstrapPath {
+            proxy: self.bootstrap_proxy.map(parse_proxy).transpose()?,
+            bind: self
+                .bootstrap_bind
+                .map(|v| {
+                    v.trim().parse::<IpAddr>().map_err(|_| {
+                        invalid(
+                            "bootstrap_bind",
+                            "not an IP address",
+                            "a local IP address such as 10.0.0.5",
+                        )
+                    })
+                })
+                .transpose()?,
+        };
+        let verify_timeout = parse_duration("verify_timeout", self.verify_timeout, "120s")?;
+        let reverify_interval = parse_duration("reverify_interval", self.reverify_interval, "6h")?;
+        let state_file = self
+            .state_file
+            .map(|path| StateFile::new(path, &credentials, api_url.as_str()));
+        Ok(Config {
+            flow: flow::Settings {
+                api: sendsms::Settings {
+                    url: api_url,
+                    request_timeout: parse_duration(
+                        "request_timeout",
+                        self.request_timeout,
+                        "10s",
+                    )?,
+                    bootstrap,
+                },
+                credentials,
+                verify_timeout,
+                api_budget: parse_number("api_budget", self.api_budget, 8, 1..=600)?,
+                coordination: coord::Settings {
+                    mode: parse_coordination(self.coordination)?,
+                    lease: parse_duration("coordination_lease", self.coordination_lease, "15s")?,
+                    record_ttl: reverify_interval,
+                    verify_timeout,
+                },
+            },
+            sidecar: sidecar::Settings {
+                families: detection.families.clone(),
+                poll_interval: parse_duration("poll_interval", self.poll_interval, "60s")?,
+                reverify_interval,
+                recheck_min_interval: parse_duration(
+                    "recheck_min_interval",
+                    self.recheck_min_interval,
+                    "10s",
+                )?,
+                state_file,
+            },
+            server: server::Settings {
+                listen: parse_listen(self.listen)?,
+                recheck_allow_remote: parse_bool(
+                    "recheck_allow_remote",
+                    self.recheck_allow_remote,
+                )?,
+            },
+            detection,
+            notify,
+            log_format: match self.log_format.as_deref().map(str::trim) {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("json") => Some(LogFormat::Json),
+                Some(v) if v.eq_ignore_ascii_case("text") => Some(LogFormat::Text),
+                Some(_) => return Err(invalid("log_format", "unknown format", "json or text")),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("SENDSMS_USERNAME", "alice"),
+        ("SENDSMS_API_KEY", "s3cret-key"),
+        ("SENDSMS_IP_PROVIDERS", "http://127.0.0.1:1/ip"),
+    ];
+
+    #[test]
+    fn defaults_apply() {
+        let c = env(&BASE).expect("valid config");
+        assert_eq!(c.flow.api.url.as_str(), DEFAULT_API_URL);
+        assert_eq!(c.flow.verify_timeout, Duration::from_secs(120));
+        assert_eq!(c.flow.api.request_timeout, Duration::from_secs(10));
+        assert!(c.flow.api.bootstrap.is_direct());
+        assert!(!c.detection.allow_non_public);
+    }
+
+    #[test]
+    fn missing_username_names_the_variable() {
+        let e = env(&[("SENDSMS_API_KEY", "k")]).unwrap_err().to_string();
+        assert!(e.contains("SENDSMS_USERNAME"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_variable() {
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_VERIFY_TIMEOUT", "soon"));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("SENDSMS_VERIFY_TIMEOUT") && e.contains("90s"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn password_alias_and_conflict() {
+        let c = env(&[("SENDSMS_USERNAME", "a"), ("SENDSMS_PASSWORD", "pw")]).expect("alias works");
+        assert_eq!(c.flow.credentials.api_key.expose_secret(), "pw");
+        let e = env(&[
+            ("SENDSMS_USERNAME", "a"),
+            ("SENDSMS_PASSWORD", "pw"),
+            ("SENDSMS_API_KEY", "k"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SENDSMS_API_KEY") && e.contains("SENDSMS_PASSWORD"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_API_URL", "http://api.example.net/json"));
+        assert!(env(&v).unwrap_err().to_string().contains("SENDSMS_API_URL"));
+        v.pop();
+        v.push(("SENDSMS_API_URL", "http://127.0.0.1:8089/json"));
+        assert!(env(&v).is_ok());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let mut v = BASE.to_vec();
+        v.push((
+            "SENDSMS_BOOTSTRAP_PROXY",
+            "http://user:proxypass@bastion:3128",
+        ));
+        let c = env(&v).expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("s3cret-key") && !dbg.contains("proxypass"),
+            "{dbg}"
+        );
+        assert!(dbg.contains("bastion"));
+        let mut bad = BASE.to_vec();
+        bad.push(("SENDSMS_BOOTSTRAP_PROXY", "ftp://user:proxypass@bastion"));
+        let e = env(&bad).unwrap_err().to_string();
+        assert!(!e.contains("proxypass"), "{e}");
+    }
+
+    #[test]
+    fn coordination_modes_and_their_errors() {
+        let with = |value: &str| {
+            let mut v = BASE.to_vec();
+            v.push(("SENDSMS_COORDINATION", value));
+            env(&v)
+        };
+        let mode = |c: Config| c.flow.coordination.mode;
+        assert!(matches!(
+            mode(env(&BASE).expect("valid")),
+            coord::Mode::None
+        ));
+        assert!(matches!(
+            mode(with("none").expect("valid")),
+            coord::Mode::None
+        ));
+        assert!(matches!(
+            mode(with("file:/var/lib/fleet").expect("valid")),
+            coord::Mode::File(dir) if dir == std::path::Path::new("/var/lib/fleet")
+        ));
+        let redis = with("rediss://:hunter2pw@cache.internal:6380/3").expect("valid");
+        let shown = format!("{:?}", redis.flow.coordination.mode);
+        assert!(shown.contains("rediss://cache.internal:6380/3"), "{shown}");
+        assert!(!shown.contains("hunter2pw"), "{shown}");
+        for (value, says) in [
+            ("file:fleet", "absolute"),
+            ("memcached://host", "unknown scheme"),
+            ("redis:///0", "no host"),
+            ("redis://:hunter2pw@/0", "empty host"),
+            ("redis://:hunter2pw@host:6379/cache", "database number"),
+            ("somewhere", "not a mode or URL"),
+        ] {
+            let e = with(value).unwrap_err().to_string();
+            assert!(
+                e.contains("SENDSMS_COORDINATION") && e.contains(says),
+                "{value}: {e}"
+            );
+            assert!(!e.contains("hunter2pw"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_variable_list_is_read_from_the_code() {
+        let vars = variables();
+        assert_eq!(vars.len(), 31, "{vars:?}");
+        for name in [
+            "SENDSMS_USERNAME",
+            "SENDSMS_API_KEY_FILE",
+            "SENDSMS_COORDINATION",
+            "SENDSMS_COORDINATION_LEASE",
+        ] {
+            assert!(vars.iter().any(|v| v == name), "{name} missing: {vars:?}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The API's wire format: actions, status codes, decoded answers, and what each failure means.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// API answers are small; a whitelist of thousands of addresses still fits.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// The actions this tool calls. Each knows its wire name and its own parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    TokenAddIp { ip: IpAddr },
+    TokenListIps,
+}
+
+impl Action {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Action::TokenAddIp { .. } => "token_add_ip",
+            Action::TokenListIps => "token_list_ips",
+        }
+    }
+
+    pub(crate) fn params(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Action::TokenAddIp { ip } => vec![("ipaddr", ip.to_string())],
+            Action::TokenListIps => Vec::new(),
+        }
+    }
+}
+
+/// The `status` field. Unknown codes are kept, not folded into an error, so a new code from
+/// the provider shows up in logs as itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApiStatus {
+    Ok,
+    Queued,
+    RequestKeyCreated,
+    NoAction,
+    NoSuchAction,
+    MissingParameter,
+    AuthenticationFailed,
+    InternalError,
+    RoutingError,
+    OutOfCredit,
+    InvalidRecord,
+    CouldNotSave,
+    DuplicateRecord,
+    TooManyRequests,
+    Timeout,
+    Other(i64),
+}
+
+/// The documented codes, in one place for both directions. -8192 is another source's
+/// spelling of -8191, so it only appears on the way in.
+const STATUS_CODES: &[(i64, ApiStatus)] = &[
+    (0, ApiStatus::Ok),
+    (1, ApiStatus::Queued),
+    (2, ApiStatus::RequestKeyCreated),
+    (-1, ApiStatus::NoAction),
+    (-2, ApiStatus::NoSuchAction),
+    (-4, ApiStatus::MissingParameter),
+    (-8, ApiStatus::AuthenticationFailed),
+    (-16, ApiStatus::InternalError),
+    (-32, ApiStatus::RoutingError),
+    (-64, ApiStatus::OutOfCredit),
+    (-128, ApiStatus::InvalidRecord),
+    (-256, ApiStatus::CouldNotSave),
+    (-512, ApiStatus::DuplicateRecord),
+    (-4096, ApiStatus::TooManyRequests),
+    (-8191, ApiStatus::Timeout),
+];
+
+impl ApiStatus {
+    pub(crate) fn from_code(code: i64) -> Self {
+        let code = if code == -8192 { -8191 } else { code };
+        STATUS_CODES
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map_or(Self::Other(code), |(_, status)| *status)
+    }
+
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Self::Other(code) => code,
+            known => STATUS_CODES
+                .iter()
+                .find(|(_, status)| *status == known)
+                .map_or(i64::MIN, |(code, _)| *code),
+        }
+    }
+
+    pub(crate) fn is_error(self) -> bool {
+        self.code() < 0
+    }
+}
+
+/// What an answer means for the caller: done, already done, refused for this key or address,
+/// slow down, try again, or give up. Every retry decision is made on this alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Verdict {
+    Success,
+    AlreadyListed,
+    AuthRefused,
+    RateLimited,
+    Transient,
+    Permanent,
+}
+
+impl Verdict {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Verdict::Success => "success",
+            Verdict::AlreadyListed => "already_listed",
+            Verdict::AuthRefused => "auth_refused",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::Transient => "transient",
+            Verdict::Permanent => "permanent",
+        }
+    }
+
+    pub(crate) fn is_retryable(self) -> bool {
+        matches!(self, Verdict::RateLimited | Verdict::Transient)
+    }
+}
+
+/// A decoded answer: `{"status": int, "message": string, "details": ...}`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ApiResponse {
+    pub(crate) status: ApiStatus,
+    pub(crate) message: String,
+    pub(crate) details: Value,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    status: i64,
+    #[serde(default)]
+    message: Value,
+    #[serde(default)]
+    details: Value,
+}
+
+/// Decodes a body whatever its content type said (the API labels JSON as text/html).
+pub(crate) fn parse_response(body: &[u8]) -> Result<ApiResponse, String> {
+    // A UTF-8 byte-order mark or leading blanks from a misbehaving front end are tolerated.
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if !trimmed.starts_with('{') {
+        return Err(format!(
+            "the answer is not a JSON object ({} bytes)",
+            body.len()
+        ));
+    }
+    let wire: WireResponse = serde_json::from_str(trimmed).map_err(|e| {
+        format!(
+            "the answer is not the API's JSON ({e}; {} bytes)",
+            body.len()
+        )
+    })?;
+    let message = match wire.message {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    Ok(ApiResponse {
+        status: ApiStatus::from_code(wire.status),
+        message,
+        details: wire.details,
+    })
+}
+
+/// A failed call. The text never holds the URL (and so never the key).
+#[derive(Clone, Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("the API answered status {code} ({message})", code = status.code())]
+    Refused { status: ApiStatus, message: String },
+    #[error("the API answered HTTP {0}")]
+    Http(u16),
+    #[error("the API could not be reached: {0}")]
+    Transport(String),
+    #[error("the API's answer was unusable: {0}")]
+    Malformed(String),
+}
+
+impl ApiError {
+    /// What this failure means; `-512` (duplicate record) is "already listed" for `token_add_ip`.
+    pub(crate) fn verdict(&self) -> Verdict {
+        match self {
+            ApiError::Refused {
+                status: ApiStatus::DuplicateRecord,
+                ..
+            } => Verdict::AlreadyListed,
+            ApiError::Refused { status, .. } => match status {
+                ApiStatus::AuthenticationFailed => Verdict::AuthRefused,
+                ApiStatus::TooManyRequests | ApiStatus::Timeout => Verdict::RateLimited,
+                ApiStatus::InternalError => Verdict::Transient,
+                _ => Verdict::Permanent,
+            },
+            ApiError::Http(429) => Verdict::RateLimited,
+            ApiError::Http(code) if *code >= 500 => Verdict::Transient,
+            ApiError::Http(_) => Verdict::Permanent,
+            ApiError::Transport(_) | ApiError::Malformed(_) => Verdict::Transient,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_round_trip_and_keep_unknowns() {
+        for code in [
+            0, 1, 2, -1, -2, -4, -8, -16, -32, -64, -128, -256, -512, -4096, -8191, -1024, -77,
+        ] {
+            assert_eq!(ApiStatus::from_code(code).code(), code);
+        }
+        assert_eq!(ApiStatus::from_code(-8192), ApiStatus::Timeout);
+        assert_eq!(ApiStatus::from_code(-77), ApiStatus::Other(-77));
+    }
+
+    #[test]
+    fn classification() {
+        let refused = |code| ApiError::Refused {
+            status: ApiStatus::from_code(code),
+            message: String::new(),
+        };
+        assert_eq!(refused(-512).verdict(), Verdict::AlreadyListed);
+        assert_eq!(refused(-8).verdict(), Verdict::AuthRefused);
+        assert_eq!(refused(-4096).verdict(), Verdict::RateLimited);
+        assert_eq!(refused(-8192).verdict(), Verdict::RateLimited);
+        assert_eq!(refused(-16).verdict(), Verdict::Transient);
+        assert_eq!(refused(-128).verdict(), Verdict::Permanent);
+        assert_eq!(refused(-77).verdict(), Verdict::Permanent);
+        assert_eq!(ApiError::Http(429).verdict(), Verdict::RateLimited);
+        assert_eq!(ApiError::Http(502).verdict(), Verdict::Transient);
+        assert_eq!(ApiError::Http(404).verdict(), Verdict::Permanent);
+        assert_eq!(
+            ApiError::Transport("x".into()).verdict(),
+            Verdict::Transient
+        );
+    }
+
+    #[test]
+    fn body_decoded_whatever_the_shape() {
+        let r =
+            parse_response(b"\xef\xbb\xbf {\"status\":-8,\"message\":\"Auth\",\"details\":null}\n")
+                .expect("json");
+        assert_eq!(r.status, ApiStatus::AuthenticationFailed);
+        assert!(parse_response(b"<html>502</html>").is_err());
+        let r = parse_response(br#"{"status":0}"#).expect("json without message");
+        assert_eq!(r.message, "");
+    }
+}

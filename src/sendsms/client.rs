@@ -1,0 +1,274 @@
+//! The HTTP client for one route (direct or bootstrap): builds each request, observes and classifies it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use url::Url;
+
+use super::api::{Action, ApiError, ApiResponse, MAX_RESPONSE_BYTES, Verdict, parse_response};
+use super::whitelist::Whitelist;
+use crate::http;
+use crate::net::Family;
+use crate::secret::{Credentials, SecretUrl};
+
+/// Called around every API request: the budgets wait in `before_call`, the metrics count in
+/// `after_call`.
+pub(crate) trait CallObserver: Send + Sync {
+    fn before_call(
+        &self,
+        _action: &'static str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+    fn after_call(&self, _action: &'static str, _verdict: Verdict) {}
+}
+
+/// What every client needs from the configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// The JSON endpoint, such as `https://api.sendsms.ro/json`; never shown with a query.
+    pub(crate) url: Url,
+    /// One HTTP request, connect included.
+    pub(crate) request_timeout: Duration,
+    pub(crate) bootstrap: BootstrapPath,
+}
+
+/// How `token_add_ip` reaches the API: the already-authorized route.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BootstrapPath {
+    pub(crate) proxy: Option<SecretUrl>,
+    pub(crate) bind: Option<IpAddr>,
+}
+
+impl BootstrapPath {
+    /// No bootstrap path: writes go the direct route, which only a Cloud key or a listed IP can use.
+    pub(crate) fn is_direct(&self) -> bool {
+        self.proxy.is_none() && self.bind.is_none()
+    }
+}
+
+impl fmt::Display for BootstrapPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.proxy, &self.bind) {
+            (None, None) => f.write_str("the direct route"),
+            (Some(p), None) => write!(f, "bootstrap proxy {p}"),
+            (None, Some(b)) => write!(f, "bootstrap bind address {b}"),
+            (Some(p), Some(b)) => write!(f, "bootstrap proxy {p} from {b}"),
+        }
+    }
+}
+
+/// A client bound to one route: the direct path or the bootstrap path.
+#[derive(Clone)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    endpoint: Url,
+    credentials: Credentials,
+    route: String,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP client for a route cannot be built (a proxy URL reqwest refuses, a TLS set-up error).
+#[derive(Debug, thiserror::Error)]
+#[error("the HTTP client for {route} cannot be built: {reason}")]
+pub(crate) struct BuildError {
+    route: String,
+    reason: String,
+}
+
+impl Client {
+    /// The locked key from this host, exactly as the SMS-sending app will use it, over `family`.
+    pub(crate) fn direct(
+        settings: &Settings,
+        credentials: &Credentials,
+        family: Family,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Result<Self, BuildError> {
+        let mut client = Self::build(
+            settings,
+            credentials,
+            &BootstrapPath::default(),
+            Some(family),
+            observer,
+        )?;
+        client.route = format!("the direct route over {family}");
+        Ok(client)
+    }
+
+    /// The already-authorized route for writes.
+    pub(crate) fn bootstrap(
+        settings: &Settings,
+        credentials: &Credentials,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Result<Self, BuildError> {
+        Self::build(settings, credentials, &settings.bootstrap, None, observer)
+    }
+
+    fn build(
+        settings: &Settings,
+        credentials: &Credentials,
+        path: &BootstrapPath,
+        family: Option<Family>,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Result<Self, BuildError> {
+        let route = path.to_string();
+        let fail = |reason: String| BuildError {
+            route: route.clone(),
+            reason,
+        };
+        let mut builder = http::client_builder(
+            settings.request_timeout,
+            path.bind.or(family.map(Family::unspecified)),
+        );
+        if let Some(proxy) = &path.proxy {
+            // Proxy::all tunnels https with CONNECT, so the proxy sees only the host name.
+            let proxy = reqwest::Proxy::all(proxy.expose())
+                .map_err(|_| fail(format!("{proxy} is not a usable proxy")))?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(|e| fail(http::describe(e)))?;
+        Ok(Client {
+            http,
+            endpoint: settings.url.clone(),
+            credentials: credentials.clone(),
+            route,
+            observer,
+        })
+    }
+
+    pub(crate) fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// One request. A negative status becomes `ApiError::Refused`; the caller classifies.
+    pub(crate) async fn call(&self, action: &Action) -> Result<ApiResponse, ApiError> {
+        if let Some(observer) = &self.observer {
+            observer.before_call(action.name()).await;
+        }
+        let result = self.send(action).await;
+        if let Some(observer) = &self.observer {
+            let verdict = match &result {
+                Ok(_) => Verdict::Success,
+                Err(e) => e.verdict(),
+            };
+            observer.after_call(action.name(), verdict);
+        }
+        result
+    }
+
+    async fn send(&self, action: &Action) -> Result<ApiResponse, ApiError> {
+        let mut url = self.endpoint.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("action", action.name());
+            query.append_pair("username", &self.credentials.username);
+            query.append_pair("password", self.credentials.api_key.expose_secret());
+            for (name, value) in action.params() {
+                query.append_pair(name, &value);
+            }
+        }
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(http::describe(e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ApiError::Http(status.as_u16()));
+        }
+        let body = http::read_capped(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| match e {
+                http::BodyError::TooLarge { .. } => ApiError::Malformed(e.to_string()),
+                http::BodyError::Transport(t) => ApiError::Transport(t),
+            })?;
+        let answer = parse_response(&body).map_err(ApiError::Malformed)?;
+        if answer.status.is_error() {
+            return Err(ApiError::Refused {
+                status: answer.status,
+                message: answer.message.chars().take(200).collect(),
+            });
+        }
+        Ok(answer)
+    }
+
+    pub(crate) async fn list_ips(&self) -> Result<Whitelist, ApiError> {
+        let answer = self.call(&Action::TokenListIps).await?;
+        Ok(Whitelist::from_details(&answer.details))
+    }
+
+    /// Adds `ip`; "already listed" is success, as the caller wanted the IP listed.
+    pub(crate) async fn add_ip(&self, ip: IpAddr) -> Result<Added, ApiError> {
+        match self.call(&Action::TokenAddIp { ip }).await {
+            Ok(_) => Ok(Added::New),
+            Err(e) if e.verdict() == Verdict::AlreadyListed => Ok(Added::Duplicate),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How `token_add_ip` succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// The address was not listed and now is.
+    New,
+    /// The API said it was listed already (`-512`).
+    Duplicate,
+}
+
+/// The two routes the whitelist flow uses: the direct route per family (reads and proofs) and
+/// the bootstrap route (writes). Built together, rebuilt together after an egress change.
+#[derive(Clone, Debug)]
+pub(crate) struct Routes {
+    /// Indexed by `Family as usize`, each pinned to its family: the proof for an IPv4 address
+    /// must leave over IPv4, or it would prove some other address.
+    direct: [Client; 2],
+    bootstrap: Client,
+    bootstrap_is_direct: bool,
+}
+
+impl Routes {
+    pub(crate) fn new(
+        settings: &Settings,
+        credentials: &Credentials,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Result<Self, BuildError> {
+        let direct = |family| {
+            Client::direct(
+                settings,
+                credentials,
+                family,
+                observer.as_ref().map(Arc::clone),
+            )
+        };
+        Ok(Routes {
+            direct: [direct(Family::V4)?, direct(Family::V6)?],
+            bootstrap: Client::bootstrap(settings, credentials, observer)?,
+            bootstrap_is_direct: settings.bootstrap.is_direct(),
+        })
+    }
+
+    pub(crate) fn direct(&self, family: Family) -> &Client {
+        &self.direct[family as usize]
+    }
+
+    pub(crate) fn bootstrap(&self) -> &Client {
+        &self.bootstrap
+    }
+
+    pub(crate) fn bootstrap_is_direct(&self) -> bool {
+        self.bootstrap_is_direct
+    }
+}

@@ -1,0 +1,168 @@
+//! The key's whitelist as `token_list_ips` reports it, read defensively from any shape.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+/// One entry of a whitelist as the API reported it; unknown shapes are kept as text.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum WhitelistEntry {
+    Address(IpAddr),
+    Network { network: IpAddr, prefix: u8 },
+}
+
+impl WhitelistEntry {
+    fn parse(token: &str) -> Option<Self> {
+        let token = token
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'' || c == '[' || c == ']');
+        if let Ok(ip) = token.parse::<IpAddr>() {
+            return Some(Self::Address(ip.to_canonical()));
+        }
+        let (addr, prefix) = token.split_once('/')?;
+        let network = addr.parse::<IpAddr>().ok()?.to_canonical();
+        let prefix: u8 = prefix.parse().ok()?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self::Network { network, prefix })
+    }
+
+    pub(crate) fn covers(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match *self {
+            Self::Address(listed) => listed == ip,
+            Self::Network { network, prefix } => match (network, ip) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => {
+                    let mask = u32::MAX
+                        .checked_shl(32u32.saturating_sub(u32::from(prefix)))
+                        .unwrap_or(0);
+                    u32::from(n) & mask == u32::from(a) & mask
+                }
+                (IpAddr::V6(n), IpAddr::V6(a)) => {
+                    let mask = u128::MAX
+                        .checked_shl(128u32.saturating_sub(u32::from(prefix)))
+                        .unwrap_or(0);
+                    u128::from(n) & mask == u128::from(a) & mask
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+impl fmt::Display for WhitelistEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address(ip) => write!(f, "{ip}"),
+            Self::Network { network, prefix } => write!(f, "{network}/{prefix}"),
+        }
+    }
+}
+
+/// The key's whitelist as `token_list_ips` reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub(crate) struct Whitelist(pub(crate) Vec<WhitelistEntry>);
+
+impl Whitelist {
+    /// The shape of `details` is not published: an array of strings, an array of objects, an
+    /// object keyed or valued by address, or one separated string. Every string anywhere in it
+    /// (keys included) is split on separators and each piece that is an address or a network
+    /// counts, so any of those shapes yields the same list.
+    pub(crate) fn from_details(details: &Value) -> Self {
+        fn walk(value: &Value, depth: usize, out: &mut Vec<WhitelistEntry>) {
+            // Nesting deeper than any plausible answer is ignored rather than recursed into.
+            if depth > 8 {
+                return;
+            }
+            match value {
+                Value::String(s) => tokens(s, out),
+                Value::Array(items) => items.iter().for_each(|v| walk(v, depth + 1, out)),
+                Value::Object(map) => map.iter().for_each(|(k, v)| {
+                    tokens(k, out);
+                    walk(v, depth + 1, out);
+                }),
+                _ => {}
+            }
+        }
+        fn tokens(text: &str, out: &mut Vec<WhitelistEntry>) {
+            for piece in text.split(|c: char| c == ',' || c == ';' || c == '|' || c.is_whitespace())
+            {
+                if let Some(entry) = WhitelistEntry::parse(piece)
+                    && !out.contains(&entry)
+                {
+                    out.push(entry);
+                }
+            }
+        }
+        let mut entries = Vec::new();
+        walk(details, 0, &mut entries);
+        Whitelist(entries)
+    }
+
+    pub(crate) fn covers(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|entry| entry.covers(ip))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Display for Whitelist {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(empty)");
+        }
+        for (i, entry) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{entry}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn whitelist_accepts_every_details_shape() {
+        let want = [
+            WhitelistEntry::Address("203.0.113.7".parse().unwrap()),
+            WhitelistEntry::Address("2001:db8::1".parse().unwrap()),
+        ];
+        for details in [
+            json!(["203.0.113.7", "2001:db8::1"]),
+            json!([{"ip": "203.0.113.7", "id": 1}, {"ipaddr": "2001:db8::1"}]),
+            json!({"203.0.113.7": "added 2026-01-01", "2001:db8::1": true}),
+            json!({"ips": ["203.0.113.7", "2001:db8::1"]}),
+            json!("203.0.113.7, 2001:db8::1"),
+            json!("203.0.113.7\n2001:db8::1"),
+        ] {
+            // Object keys come back sorted, so compare as sets.
+            let got = Whitelist::from_details(&details).0;
+            assert!(
+                got.len() == want.len() && want.iter().all(|w| got.contains(w)),
+                "{details}: {got:?}"
+            );
+        }
+        assert!(Whitelist::from_details(&json!(null)).0.is_empty());
+        assert!(Whitelist::from_details(&json!("none yet")).0.is_empty());
+    }
+
+    #[test]
+    fn networks_cover_their_members() {
+        let list = Whitelist::from_details(&json!(["198.51.100.0/24", "::ffff:192.0.2.1"]));
+        assert!(list.covers("198.51.100.77".parse().unwrap()));
+        assert!(!list.covers("198.51.101.1".parse().unwrap()));
+        assert!(
+            list.covers("192.0.2.1".parse().unwrap()),
+            "mapped addresses compare canonically"
+        );
+    }
+}

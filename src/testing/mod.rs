@@ -1,0 +1,275 @@
+//! Test doubles for in-process tests (a scripted detection source, a model of the sendSMS API) and the property tests.
+
+mod properties;
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::detect::{IpSource, LookupFuture, ProviderError, ProviderSpec};
+use crate::net::Family;
+use crate::reconcile::{Api, ApiFuture};
+use crate::sendsms::api::ApiStatus;
+use crate::sendsms::whitelist::WhitelistEntry;
+use crate::sendsms::{Added, ApiError, Whitelist};
+use crate::util::lock;
+
+/// A detection source whose answer the test sets, and which counts the questions it got.
+pub(crate) struct FakeSource {
+    answer: Mutex<Result<IpAddr, ProviderError>>,
+    asked: AtomicU32,
+}
+
+impl FakeSource {
+    pub(crate) fn answering(ip: IpAddr) -> Arc<Self> {
+        Arc::new(FakeSource {
+            answer: Mutex::new(Ok(ip)),
+            asked: AtomicU32::new(0),
+        })
+    }
+
+    /// The address it gives from now on.
+    pub(crate) fn set(&self, ip: IpAddr) {
+        *lock(&self.answer) = Ok(ip);
+    }
+
+    /// Fails every lookup from now on.
+    pub(crate) fn fail(&self, why: &str) {
+        *lock(&self.answer) = Err(ProviderError::Failed(why.to_owned()));
+    }
+
+    pub(crate) fn ip(&self) -> IpAddr {
+        lock(&self.answer)
+            .clone()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    pub(crate) fn asked(&self) -> u32 {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// A provider entry for `Detector::with_sources`: `text` is a provider spec (its
+    /// `#OPERATOR` names the operator), `source` answers for it.
+    pub(crate) fn spec(text: &str, source: &Arc<Self>) -> (ProviderSpec, Arc<dyn IpSource>) {
+        let spec = text.parse().expect("a valid provider spec");
+        let source: Arc<dyn IpSource> = source.clone();
+        (spec, source)
+    }
+}
+
+impl IpSource for FakeSource {
+    fn lookup(&self, _family: Family) -> LookupFuture<'_> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let answer = lock(&self.answer).clone();
+        Box::pin(async move { answer })
+    }
+}
+
+/// The sendSMS API as the reconciler sees it, modelled: a key whose whitelist takes effect
+/// `propagation` after an add, a direct route that works only from a listed egress address,
+/// a bootstrap route that is authorized or not, and scripted failures served first.
+pub(crate) struct FakeApi {
+    state: Mutex<FakeState>,
+}
+
+/// The model's state; tests read and change it through `FakeApi::with`.
+pub(crate) struct FakeState {
+    /// Each listed address and when it takes effect.
+    pub(crate) listed: Vec<(IpAddr, Instant)>,
+    /// This host's egress address as the API sees the direct route.
+    pub(crate) egress: IpAddr,
+    /// A Cloud key works from anywhere.
+    pub(crate) cloud: bool,
+    pub(crate) bootstrap_authorized: bool,
+    pub(crate) bootstrap_is_direct: bool,
+    pub(crate) propagation: Duration,
+    /// Failures to answer before the model does, each for one action, in order.
+    pub(crate) scripted: VecDeque<(&'static str, ApiError)>,
+    /// Every call: its action and when it was made.
+    pub(crate) calls: Vec<(&'static str, Instant)>,
+}
+
+/// The action names, as the API spells them.
+pub(crate) const LIST: &str = "token_list_ips";
+pub(crate) const ADD: &str = "token_add_ip";
+
+impl FakeApi {
+    /// A default key that lists only `listed`, seen from `egress`, with an authorized bootstrap
+    /// route and no propagation delay.
+    pub(crate) fn new(egress: IpAddr, listed: &[IpAddr]) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(FakeApi {
+            state: Mutex::new(FakeState {
+                listed: listed.iter().map(|ip| (*ip, now)).collect(),
+                egress,
+                cloud: false,
+                bootstrap_authorized: true,
+                bootstrap_is_direct: false,
+                propagation: Duration::ZERO,
+                scripted: VecDeque::new(),
+                calls: Vec::new(),
+            }),
+        })
+    }
+
+    /// Reads or changes the model.
+    pub(crate) fn with<R>(&self, change: impl FnOnce(&mut FakeState) -> R) -> R {
+        change(&mut lock(&self.state))
+    }
+
+    /// Queues a refusal with `status` for the next call of `action`.
+    pub(crate) fn refuse_next(&self, action: &'static str, status: i64) {
+        self.with(|s| {
+            s.scripted.push_back((
+                action,
+                ApiError::Refused {
+                    status: ApiStatus::from_code(status),
+                    message: format!("scripted {status}"),
+                },
+            ))
+        });
+    }
+
+    /// Queues a transport failure for the next call of `action`.
+    pub(crate) fn drop_next(&self, action: &'static str) {
+        self.with(|s| {
+            s.scripted
+                .push_back((action, ApiError::Transport("scripted drop".into())))
+        });
+    }
+
+    /// How many calls of `action` were made.
+    pub(crate) fn calls(&self, action: &str) -> usize {
+        self.with(|s| s.calls.iter().filter(|(a, _)| *a == action).count())
+    }
+
+    /// When each call of `action` was made.
+    pub(crate) fn call_times(&self, action: &str) -> Vec<Instant> {
+        self.with(|s| {
+            s.calls
+                .iter()
+                .filter(|(a, _)| *a == action)
+                .map(|(_, at)| *at)
+                .collect()
+        })
+    }
+
+    fn call(&self, action: &'static str) -> Result<(), ApiError> {
+        self.with(|s| {
+            s.calls.push((action, Instant::now()));
+            match s.scripted.iter().position(|(a, _)| *a == action) {
+                Some(at) => Err(s.scripted.remove(at).map_or_else(
+                    || ApiError::Transport("scripted".into()),
+                    |(_, error)| error,
+                )),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+fn auth_failed() -> ApiError {
+    ApiError::Refused {
+        status: ApiStatus::AuthenticationFailed,
+        message: "Authentication failed: IP address not authorized for this API key".into(),
+    }
+}
+
+impl FakeState {
+    fn effective(&self, now: Instant) -> Vec<IpAddr> {
+        self.listed
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+}
+
+impl Api for FakeApi {
+    fn list_ips(&self, _family: Family) -> ApiFuture<'_, Whitelist> {
+        let result = self.call(LIST).and_then(|()| {
+            self.with(|s| {
+                let effective = s.effective(Instant::now());
+                if s.cloud || effective.contains(&s.egress) {
+                    Ok(Whitelist(
+                        effective.into_iter().map(WhitelistEntry::Address).collect(),
+                    ))
+                } else {
+                    Err(auth_failed())
+                }
+            })
+        });
+        Box::pin(async move { result })
+    }
+
+    fn add_ip(&self, ip: IpAddr) -> ApiFuture<'_, Added> {
+        let result = self.call(ADD).and_then(|()| {
+            self.with(|s| {
+                if !s.bootstrap_authorized {
+                    return Err(auth_failed());
+                }
+                if s.listed.iter().any(|(listed, _)| *listed == ip) {
+                    return Ok(Added::Duplicate);
+                }
+                let at = Instant::now() + s.propagation;
+                s.listed.push((ip, at));
+                Ok(Added::New)
+            })
+        });
+        Box::pin(async move { result })
+    }
+
+    fn bootstrap_route(&self) -> String {
+        "the fake bootstrap route".into()
+    }
+
+    fn bootstrap_is_direct(&self) -> bool {
+        self.with(|s| s.bootstrap_is_direct)
+    }
+}
+
+/// Flow settings for in-process tests: a fixed account, no coordination, a budget that never
+/// waits, and `verify_timeout`.
+pub(crate) fn flow_settings(verify_timeout: Duration) -> crate::flow::Settings {
+    crate::flow::Settings {
+        credentials: crate::secret::Credentials {
+            username: "tester".into(),
+            api_key: secrecy::SecretString::from("k3y-in-process".to_owned()),
+        },
+        api: crate::sendsms::Settings {
+            url: url::Url::parse("http://127.0.0.1:9/json").expect("url"),
+            request_timeout: Duration::from_secs(5),
+            bootstrap: crate::sendsms::BootstrapPath::default(),
+        },
+        verify_timeout,
+        api_budget: 600,
+        coordination: crate::coord::Settings {
+            mode: crate::coord::Mode::None,
+            lease: Duration::from_secs(15),
+            record_ttl: Duration::from_secs(6 * 3600),
+            verify_timeout,
+        },
+    }
+}
+
+/// A flow over `api` whose client factory counts how often it built clients.
+pub(crate) fn flow_over(
+    api: &Arc<FakeApi>,
+    metrics: Arc<crate::metrics::Metrics>,
+    verify_timeout: Duration,
+) -> (crate::flow::Flow, Arc<AtomicU32>) {
+    let builds = Arc::new(AtomicU32::new(0));
+    let (api, counted) = (Arc::clone(api), Arc::clone(&builds));
+    let make_api: crate::flow::MakeApi = Box::new(move |_observer| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let api: Arc<dyn Api> = api.clone();
+        Ok(api)
+    });
+    let flow = crate::flow::Flow::with_api(&flow_settings(verify_timeout), metrics, make_api)
+        .expect("flow");
+    (flow, builds)
+}

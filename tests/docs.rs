@@ -1,0 +1,134 @@
+//! The README's emulator flag table lists exactly the flags `emulator --help` prints, with the same defaults.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sendsms-whitelister");
+// Compiled in, so a README edit rebuilds and reruns this test.
+const README: &str = include_str!("../README.md");
+
+/// Flag name (`--listen`) to its default (`None` when it has none).
+type Flags = BTreeMap<String, Option<String>>;
+
+/// Every long flag `emulator --help` lists, and its `[default: ...]`; `--help` and `--version` aside.
+fn help_flags() -> Flags {
+    let out = Command::new(BIN)
+        .args(["emulator", "--help"])
+        .output()
+        .expect("run emulator --help");
+    assert!(
+        out.status.success(),
+        "emulator --help exited {}",
+        out.status
+    );
+    let text = String::from_utf8(out.stdout).expect("the help is UTF-8");
+    let mut flags = Flags::new();
+    let mut current = None;
+    for line in text.lines() {
+        let body = line.trim_start();
+        // An option starts a line indented by at most 6 (`  -h, --help`, `      --listen`);
+        // its description and possible values are indented further.
+        if (1..=6).contains(&(line.len() - body.len())) && body.starts_with('-') {
+            current = body
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .filter(|w| !["--help", "--version"].contains(w))
+                .map(str::to_owned);
+            if let Some(name) = &current {
+                flags.insert(name.clone(), None);
+            }
+        }
+        if let (Some(name), Some(at)) = (&current, line.find("[default: ")) {
+            let rest = &line[at + "[default: ".len()..];
+            let value = &rest[..rest.rfind(']').unwrap_or(rest.len())];
+            flags.insert(name.clone(), Some(value.to_owned()));
+        }
+    }
+    assert!(
+        !flags.is_empty(),
+        "no flag found in emulator --help:\n{text}"
+    );
+    flags
+}
+
+/// The rows of the `| flag | default | meaning |` table under "## The emulator". A row may
+/// name several flags (`--username`, `--password`) with one default each, or `none` for all.
+fn readme_flags() -> Flags {
+    let section = README
+        .split("\n## The emulator\n")
+        .nth(1)
+        .expect("README.md has a section ## The emulator");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let rows: Vec<&str> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| flag | default |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(
+        !rows.is_empty(),
+        "no | flag | default | meaning | table under ## The emulator"
+    );
+    let mut flags = Flags::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (names, defaults) = (cells[1], cells[2]);
+        let names: Vec<&str> = names
+            .split(", ")
+            .filter_map(|n| n.trim_matches('`').split(' ').next())
+            .collect();
+        let defaults: Vec<Option<String>> = if defaults == "none" {
+            vec![None; names.len()]
+        } else {
+            defaults
+                .split(", ")
+                .map(|d| Some(d.trim_matches('`').to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            names.len(),
+            defaults.len(),
+            "README emulator table: one default per flag in {row}"
+        );
+        for (name, default) in names.into_iter().zip(defaults) {
+            assert!(
+                name.starts_with("--"),
+                "README emulator table: {name:?} in {row}"
+            );
+            assert!(
+                flags.insert(name.to_owned(), default).is_none(),
+                "README emulator table: {name} listed twice"
+            );
+        }
+    }
+    flags
+}
+
+#[test]
+fn the_readme_emulator_table_lists_every_flag_of_emulator_help_with_its_default() {
+    let help = help_flags();
+    let readme = readme_flags();
+    let missing: Vec<&String> = help.keys().filter(|f| !readme.contains_key(*f)).collect();
+    let stale: Vec<&String> = readme.keys().filter(|f| !help.contains_key(*f)).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "README.md's emulator flag table is out of date: missing {missing:?}, \
+         no longer in `emulator --help` {stale:?}"
+    );
+    let differ: Vec<String> = help
+        .iter()
+        .filter(|(flag, default)| readme[*flag] != **default)
+        .map(|(flag, default)| {
+            let shown = |d: &Option<String>| d.clone().unwrap_or_else(|| "none".into());
+            format!(
+                "{flag}: README {}, --help {}",
+                shown(&readme[flag]),
+                shown(default)
+            )
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "README.md's emulator table shows other defaults than `emulator --help`: {differ:?}"
+    );
+}
