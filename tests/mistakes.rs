@@ -43,6 +43,19 @@ fn assert_says(run: &Run, phrases: &[&str]) {
     }
 }
 
+/// Each of `commands` exits 2 at once, saying `phrases` (`run` too: before it listens).
+async fn refused_at_start(mistake: &str, commands: &[&str], env: &Env, phrases: &[&str]) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = with(env.clone(), &[("SENDSMS_LISTEN", &listen)]);
+    for command in commands {
+        let result = run(&[command], &env).await;
+        report(&format!("{mistake} ({command})"), &result);
+        assert_eq!(result.code, 2, "{command}: {result:?}");
+        assert_says(&result, phrases);
+        assert!(result.elapsed < AT_ONCE, "{command}: {result:?}");
+    }
+}
+
 #[tokio::test]
 async fn wrong_credentials_through_a_bastion_name_both_causes_and_quote_the_api() {
     let emu = Emulator::bastioned(&[]).await;
@@ -125,12 +138,7 @@ async fn an_api_url_that_is_not_the_api_is_a_configuration_error() {
     // `run`: the URL never worked, so no round can ever succeed: it stops as a configuration
     // error instead of retrying for ever.
     let listen = format!("127.0.0.1:{}", free_port());
-    let sidecar = tokio::time::timeout(
-        Duration::from_secs(30),
-        run(&["run"], &with(wrong_path, &[("SENDSMS_LISTEN", &listen)])),
-    )
-    .await
-    .expect("run stops by itself");
+    let sidecar = run(&["run"], &with(wrong_path, &[("SENDSMS_LISTEN", &listen)])).await;
     report("API URL ending in /jsn (run)", &sidecar);
     assert_eq!(sidecar.code, 2, "{sidecar:?}");
     assert_says(&sidecar, &[&named]);
@@ -168,28 +176,17 @@ async fn an_api_url_that_is_not_the_api_is_a_configuration_error() {
 async fn a_bind_address_this_host_does_not_have_exits_2_at_once() {
     let emu = Emulator::bastioned(&[]).await;
     // TEST-NET-1 (RFC 5737): no host has it, and a socket bound to it sends nothing.
-    let env = with(
-        emu.env(),
+    let env = with(emu.env(), &[("SENDSMS_BOOTSTRAP_BIND", "192.0.2.1")]);
+    refused_at_start(
+        "absent bind address",
+        &["once", "check", "run"],
+        &env,
         &[
-            ("SENDSMS_BOOTSTRAP_BIND", "192.0.2.1"),
-            ("SENDSMS_LISTEN", &format!("127.0.0.1:{}", free_port())),
+            "SENDSMS_BOOTSTRAP_BIND",
+            "192.0.2.1 is not an address of this host",
         ],
-    );
-    for command in ["once", "check", "run"] {
-        let result = tokio::time::timeout(Duration::from_secs(30), run(&[command], &env))
-            .await
-            .expect("exits by itself");
-        report(&format!("absent bind address ({command})"), &result);
-        assert_eq!(result.code, 2, "{command}: {result:?}");
-        assert_says(
-            &result,
-            &[
-                "SENDSMS_BOOTSTRAP_BIND",
-                "192.0.2.1 is not an address of this host",
-            ],
-        );
-        assert!(result.elapsed < AT_ONCE, "{command}: {result:?}");
-    }
+    )
+    .await;
     assert_eq!(emu.api_requests().await, 0, "nothing was asked");
 }
 
@@ -389,29 +386,18 @@ async fn a_bootstrap_proxy_whose_name_does_not_resolve_exits_4_quickly() {
 #[tokio::test]
 async fn a_quorum_the_providers_cannot_meet_exits_2_at_start() {
     let emu = Emulator::bastioned(&[]).await;
-    let three_of_two = with(
-        emu.env(),
+    let three_of_two = with(emu.env(), &[("SENDSMS_IP_QUORUM", "3")]);
+    refused_at_start(
+        "quorum 3 of 2 operators",
+        &["once", "check", "detect", "run"],
+        &three_of_two,
         &[
-            ("SENDSMS_IP_QUORUM", "3"),
-            ("SENDSMS_LISTEN", &format!("127.0.0.1:{}", free_port())),
+            "SENDSMS_IP_QUORUM is 3",
+            "ipv4: 2 (emulator-dns, emulator-http)",
+            "#OPERATOR",
         ],
-    );
-    for command in ["once", "check", "detect", "run"] {
-        let result = tokio::time::timeout(Duration::from_secs(30), run(&[command], &three_of_two))
-            .await
-            .expect("exits by itself");
-        report(&format!("quorum 3 of 2 operators ({command})"), &result);
-        assert_eq!(result.code, 2, "{command}: {result:?}");
-        assert_says(
-            &result,
-            &[
-                "SENDSMS_IP_QUORUM is 3",
-                "ipv4: 2 (emulator-dns, emulator-http)",
-                "#OPERATOR",
-            ],
-        );
-        assert!(result.elapsed < AT_ONCE, "{command}: {result:?}");
-    }
+    )
+    .await;
     // Two providers on one host are one operator unless named apart.
     let echo = emu.url("/ip");
     let one_host = with(
