@@ -569,3 +569,71 @@ mod contract {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::flow_settings;
+
+    #[tokio::test]
+    async fn a_wait_for_another_members_lease_is_shown_while_it_lasts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flow = flow_settings(Duration::from_secs(30));
+        let mut settings = flow.coordination.clone();
+        settings.mode = Mode::File(dir.path().to_path_buf());
+        let member = |name: &str, waits: Arc<Waits>| {
+            let mut coordinator = Coordinator::new(&settings, &flow.credentials, None, waits)
+                .expect("store")
+                .expect("coordinated");
+            // One process, two members: each needs a name of its own.
+            Arc::get_mut(&mut coordinator)
+                .expect("not shared yet")
+                .member = name.to_owned();
+            coordinator
+        };
+        let waits = Arc::new(Waits::default());
+        let (holder, waiter) = (member("a", Arc::default()), member("b", Arc::clone(&waits)));
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let (started, leading) = tokio::sync::oneshot::channel::<()>();
+        let lead = tokio::spawn(async move {
+            let work = async {
+                let _ = started.send(());
+                let _ = finished.await;
+                Ok::<(), ()>(())
+            };
+            matches!(holder.ensure(ip, 0, work).await, Coordinated::Own(Ok(())))
+        });
+        leading.await.expect("the holder leads");
+        let wait = tokio::spawn(async move {
+            let work = async { Ok::<(), ()>(()) };
+            matches!(waiter.ensure(ip, 0, work).await, Coordinated::Peer(_))
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listed = loop {
+            let listed = waits.current();
+            if !listed.is_empty() || Instant::now() > deadline {
+                break listed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(
+            listed[0]
+                .cause
+                .contains("another member (a) holds the whitelist lease for 203.0.113.7"),
+            "{listed:?}"
+        );
+        assert!(
+            listed[0].seconds > 30.0,
+            "at most the wait limit: {listed:?}"
+        );
+        let _ = finish.send(());
+        assert!(lead.await.expect("holder"), "the holder did the work");
+        assert!(
+            wait.await.expect("waiter"),
+            "the waiter took the holder's record"
+        );
+        assert!(waits.current().is_empty(), "the wait is over");
+    }
+}
