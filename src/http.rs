@@ -1,8 +1,12 @@
 //! HTTP plumbing shared by detection and the sendSMS client: hardened client builders and capped bodies.
 
+use std::fmt;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 /// Why a body could not be read; carries no URL, so it is safe to show.
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +29,66 @@ fn root_certificates() -> &'static [reqwest::Certificate] {
     })
 }
 
-/// The TLS settings of a client built without reqwest (the gateway's): the same roots, and
-/// HTTP/1.1 only.
-pub(crate) fn tls_config() -> std::sync::Arc<rustls::ClientConfig> {
+/// The TLS settings of a client built without reqwest (the gateway's): the same roots, with
+/// `extra` (`SENDSMS_EXTRA_CA_FILE`) as for every API client, and HTTP/1.1 only.
+pub(crate) fn tls_config(extra: &ExtraRoots) -> std::sync::Arc<rustls::ClientConfig> {
     install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    roots.add_parsable_certificates(extra.1.iter().cloned());
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     std::sync::Arc::new(config)
+}
+
+/// CA certificates trusted in addition to the built-in roots, never instead of them
+/// (`SENDSMS_EXTRA_CA_FILE`): for the API's clients and an `https://` bootstrap proxy only, as
+/// detection must not take a re-signing proxy's word for this host's address.
+#[derive(Clone, Default)]
+pub(crate) struct ExtraRoots(
+    Arc<Vec<reqwest::Certificate>>,
+    Arc<Vec<CertificateDer<'static>>>,
+);
+
+impl ExtraRoots {
+    /// The certificates of a PEM file; an error says what is wrong with it.
+    pub(crate) fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("not a PEM file of certificates ({})", describe(e)))?;
+        if certificates.is_empty() {
+            return Err("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+        }
+        // The roots are only parsed when a client is built: build one now, so a certificate
+        // rustls refuses is a configuration error at start, not a failure at the first call.
+        install_crypto_provider();
+        reqwest::Client::builder()
+            .tls_certs_only(certificates.iter().cloned())
+            .build()
+            .map_err(|e| {
+                format!(
+                    "a certificate in it is not usable as a root ({})",
+                    describe(e)
+                )
+            })?;
+        // The same certificates as rustls takes them, for the gateway's client.
+        let der = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not a PEM file of certificates ({e})"))?;
+        Ok(ExtraRoots(Arc::new(certificates), Arc::new(der)))
+    }
+
+    /// `builder` trusting these roots too.
+    pub(crate) fn trusted_by(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder.tls_certs_merge(self.0.iter().cloned())
+    }
+}
+
+impl fmt::Debug for ExtraRoots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExtraRoots({} certificates)", self.0.len())
+    }
 }
 
 /// rustls' process-wide crypto provider: ring, which builds a smaller binary than reqwest's
@@ -67,6 +120,36 @@ pub(crate) fn client_builder(
         .tls_certs_only(root_certificates().iter().cloned())
         .local_address(local_address)
         .user_agent(concat!("sendsms-whitelister/", env!("CARGO_PKG_VERSION")))
+}
+
+/// No connection could be opened: refused, no route, a host name that does not resolve (with
+/// a proxy, the proxy's). A refused certificate fails while connecting too, but then something
+/// did answer, so it is not counted here.
+pub(crate) fn is_unreachable(error: &reqwest::Error) -> bool {
+    error.is_connect() && !is_tls_failure(error)
+}
+
+/// The TLS handshake failed: most often a certificate no trusted root signed.
+pub(crate) fn is_tls_failure(error: &reqwest::Error) -> bool {
+    /// rustls' error travels inside io::Errors (two deep through hyper), whose `source`
+    /// skips what they wrap: look inside each.
+    fn is_rustls(error: &(dyn std::error::Error + 'static)) -> bool {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| is_rustls(inner))
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if is_rustls(inner) {
+            return true;
+        }
+        cause = inner.source();
+    }
+    false
 }
 
 /// A reqwest error as text without the URL, which may carry the API key. reqwest's own

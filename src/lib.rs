@@ -6,7 +6,7 @@
 //! - leaves:
 //!   - `net`: address families and which addresses are public.
 //!   - `secret`: credentials and URLs that are never shown whole.
-//!   - `util`: one lock idiom, one clock, one backoff with jitter, atomic file writes.
+//!   - `util`: one lock idiom, one clock, one backoff with jitter, atomic file writes, visible waits.
 //!   - `http`: the hardened HTTP client every outgoing call uses.
 //!   - `netwatch`: this host's addresses, followed through rtnetlink as they change.
 //!   - `metrics`: every count and gauge, for `/metrics` and `/status` alike.

@@ -29,6 +29,20 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// `text` (an answer of the API, which might echo the request) with the key blanked out,
+    /// as sent or percent-encoded.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let key = self.api_key.expose_secret();
+        if key.is_empty() {
+            return text.to_owned();
+        }
+        let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+        text.replace(key, "[REDACTED]")
+            .replace(&encoded, "[REDACTED]")
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
@@ -99,6 +113,15 @@ mod tests {
         assert!(!a.contains("secret"));
         assert_ne!(a, credentials("alice", "secret-key-2").fingerprint());
         assert_ne!(a, credentials("bob", "secret-key-1").fingerprint());
+    }
+
+    #[test]
+    fn an_echoed_key_is_redacted_as_sent_and_encoded() {
+        let credentials = credentials("alice", "k3y/with+chars");
+        let echoed = "bad request: password=k3y%2Fwith%2Bchars, key k3y/with+chars";
+        let shown = credentials.redact(echoed);
+        assert!(!shown.contains("k3y"), "{shown}");
+        assert_eq!(shown.matches("[REDACTED]").count(), 2, "{shown}");
     }
 
     #[test]

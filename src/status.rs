@@ -16,6 +16,7 @@ use crate::notify::{Notifier, TargetStatus};
 use crate::sendsms::Whitelist;
 use crate::util::clock::rfc3339_now;
 use crate::util::lock;
+use crate::util::waits::{Wait, Waits};
 
 /// Where one family stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -60,6 +61,9 @@ pub(crate) struct Snapshot {
     pub(crate) gateway: Option<GatewayStatus>,
     /// Each notification target; absent when none is configured.
     pub(crate) notifications: Option<Vec<TargetStatus>>,
+    /// The waits in progress that last longer than a moment (a budget, a rate limit, another
+    /// member's lease), read when the snapshot is taken.
+    pub(crate) waits: Vec<Wait>,
 }
 
 /// The answer to `POST /recheck`.
@@ -116,6 +120,7 @@ pub(crate) struct Shared {
     /// Where the gateway listens, once it does.
     gateway: std::sync::OnceLock<std::net::SocketAddr>,
     notifier: Option<Notifier>,
+    waits: Arc<Waits>,
 }
 
 impl Shared {
@@ -126,6 +131,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         coordinator: Option<Arc<Coordinator>>,
         notifier: Option<Notifier>,
+        waits: Arc<Waits>,
     ) -> (Arc<Self>, mpsc::Receiver<RecheckRequest>) {
         let (recheck, requests) = mpsc::channel(RECHECK_QUEUE);
         let shared = Shared {
@@ -144,6 +150,7 @@ impl Shared {
                 coordination: None,
                 gateway: None,
                 notifications: None,
+                waits: Vec::new(),
             }),
             heartbeat: Mutex::new(Instant::now()),
             stale_after,
@@ -153,6 +160,7 @@ impl Shared {
             readiness: watch::Sender::new(Readiness::default()),
             gateway: std::sync::OnceLock::new(),
             notifier,
+            waits,
         };
         (Arc::new(shared), requests)
     }
@@ -171,6 +179,7 @@ impl Shared {
             .get()
             .map(|listen| self.metrics.gateway_status(*listen));
         snapshot.notifications = self.notifier.as_ref().map(Notifier::status);
+        snapshot.waits = self.waits.current();
         snapshot
     }
 

@@ -119,7 +119,7 @@ pub(crate) async fn serve(
         tracing::info!(%listen, hold = ?settings.limits.hold, "gateway listening");
         gateway = Some(started);
     }
-    sidecar.run(rechecks, shutdown).await;
+    let ended = sidecar.run(rechecks, shutdown).await;
     // Held gateway calls are answered now, not cut off when the process ends.
     if let Some(gateway) = &gateway {
         gateway.stop();
@@ -132,6 +132,7 @@ pub(crate) async fn serve(
         }
     })
     .await;
+    ended?;
     Ok(Outcome::Success)
 }
 

@@ -125,7 +125,7 @@ struct Rig {
 
 fn rig(script: &Arc<Script>, token: Option<&str>, max_held: usize) -> Rig {
     let metrics = Arc::new(Metrics::new(None));
-    let (shared, rechecks) = Shared::new(&[Family::V4], HOLD, metrics, None, None);
+    let (shared, rechecks) = Shared::new(&[Family::V4], HOLD, metrics, None, None, Arc::default());
     shared.publish_ready(true);
     let budget = Arc::new(Budget::default());
     let settings = Settings {

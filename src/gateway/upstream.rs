@@ -203,7 +203,7 @@ impl Api {
             inner: Arc::new(ConnectorInner {
                 family,
                 timeout: settings.request_timeout,
-                tls: tokio_rustls::TlsConnector::from(hardened::tls_config()),
+                tls: tokio_rustls::TlsConnector::from(hardened::tls_config(&settings.extra_roots)),
                 registry: Arc::new(Registry::default()),
                 resolver: OnceLock::new(),
             }),

@@ -170,6 +170,7 @@ fn api_response_arbitrary_bytes() {
         padded.extend_from_slice(b"\n\t ");
         prop_assert_eq!(plain.clone().ok(), parse_response(&padded).ok());
         if let Err(e) = plain {
+            let e = e.to_string();
             prop_assert!(e.contains(&format!("{} bytes", body.len())), "{}", e);
         }
         Ok(())

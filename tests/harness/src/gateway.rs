@@ -1,4 +1,5 @@
-//! Sending through the gateway as an app would, and checking the emulator's message log.
+//! The gateway as an app sees it: sends through it, and the emulator's message log that
+//! shows whether each arrived exactly once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -6,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Emulator, KEY, plain_client_builder};
+use crate::http::http_client;
+use crate::secrets::assert_clean;
 
 /// The header on the answer of a call the gateway held.
 pub const HELD_HEADER: &str = "x-sendsms-gateway-held-ms";
@@ -34,15 +36,14 @@ impl Sent {
 
 /// A client for the app's side: no proxy, a long timeout (a call may be held).
 pub fn app_client() -> reqwest::Client {
-    plain_client_builder()
-        .no_proxy()
+    http_client()
         .timeout(Duration::from_secs(90))
         .build()
         .expect("client")
 }
 
 /// `message_send` of `text` through the gateway at `gateway`, with `extra` query parameters
-/// and an optional `Authorization` header; the key may be in no answer.
+/// and an optional `Authorization` header; no secret (the key, a token) may be in the answer.
 pub async fn send(
     client: &reqwest::Client,
     gateway: SocketAddr,
@@ -80,10 +81,7 @@ pub async fn send(
             (0, text, None)
         }
     };
-    assert!(
-        !body.contains(KEY),
-        "a gateway answer holds the key: {body}"
-    );
+    assert_clean("a gateway answer", &body);
     Sent {
         text: text.to_owned(),
         code,
@@ -154,19 +152,4 @@ pub fn percentiles(values: &[f64]) -> (f64, f64, f64) {
         return (0.0, 0.0, 0.0);
     }
     (rank(0.50), rank(0.99), sorted[sorted.len() - 1])
-}
-
-impl Emulator {
-    /// Traffic from `from` is seen from `to` on: a NAT gateway's public address changes.
-    pub async fn translate(&self, from: &str, to: &str) {
-        let response = plain_client_builder()
-            .no_proxy()
-            .build()
-            .expect("client")
-            .post(self.url(&format!("/_emulator/egress?from={from}&to={to}")))
-            .send()
-            .await
-            .expect("egress change");
-        assert_eq!(response.status().as_u16(), 200);
-    }
 }
