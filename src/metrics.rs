@@ -475,4 +475,60 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The metric names a registry exports: from the `# TYPE` lines, with a counter's `_total`
+    /// (OpenMetrics names the family without it).
+    fn exported(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| {
+                let mut words = rest.split_whitespace();
+                let (name, kind) = (words.next()?, words.next()?);
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_charts_metric_list_is_what_metrics_exports() {
+        let list = include_str!("../helm/metrics.txt");
+        let mut always = std::collections::BTreeSet::new();
+        let mut coordinated = std::collections::BTreeSet::new();
+        for line in list
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [name, _kind, _labels, when] = words[..] else {
+                panic!("helm/metrics.txt: NAME TYPE LABELS WHEN expected: {line}");
+            };
+            match when {
+                "always" => always.insert(name.to_owned()),
+                "coordination" => coordinated.insert(name.to_owned()),
+                other => panic!("helm/metrics.txt: unknown WHEN {other}: {line}"),
+            };
+        }
+        // A labelled family shows in the text once it has a series: give each one.
+        let populated = |metrics: Metrics| {
+            metrics.count_api_call("token_list_ips", "success");
+            metrics.gateway_calls.inc("message_send", "forwarded");
+            metrics.count_notification("https://hooks.example.net", "delivered");
+            metrics.notify_target_up("https://hooks.example.net", true);
+            metrics.verified("ipv4", 1);
+            metrics.encode()
+        };
+        assert_eq!(
+            exported(&populated(Metrics::new(None))),
+            always,
+            "helm/metrics.txt (WHEN always) against /metrics without coordination"
+        );
+        let with_store = exported(&populated(Metrics::new(Some("file"))));
+        let expected: std::collections::BTreeSet<String> =
+            always.union(&coordinated).cloned().collect();
+        assert_eq!(with_store, expected, "with coordination");
+    }
 }
