@@ -23,7 +23,7 @@
 //! - loop:
 //!   - `status`: the state the loop writes and the servers read.
 //!   - `sidecar`: the control loop of `run`.
-//!   - `server`: the HTTP server and its status routes.
+//!   - `server`: the one hardened HTTP server (timeouts, size limits, connection cap, liveness lane) and the status routes.
 //! - configuration:
 //!   - `config`: the `SENDSMS_*` environment, checked, split into each part's settings.
 //! - commands:

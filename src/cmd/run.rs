@@ -33,9 +33,12 @@ pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
         config.server.recheck_allow_remote,
         recheck_timeout,
     );
-    let server = tokio::spawn(server::serve(listener, router, async move {
-        let _ = server_stopped.await;
-    }));
+    let server = server::Server::new(router)
+        .liveness(server::routes::liveness(Arc::clone(&shared)))
+        .serve(listener, async move {
+            let _ = server_stopped.await;
+        });
+    let server = tokio::spawn(server);
     tracing::info!(%listen, "status server listening");
     sidecar.run(rechecks, shutdown_signal()).await;
     let _ = stop_server.send(());
