@@ -12,6 +12,7 @@ use crate::net::Family;
 use crate::reconcile::{Api, CheckReport, Proof, ReconcileError, Reconciler, Source};
 use crate::secret::Credentials;
 use crate::sendsms::{self, CallObserver, Routes, Verdict};
+use crate::util::deadline;
 
 /// What the flow needs from the configuration.
 #[derive(Clone, Debug)]
@@ -64,12 +65,16 @@ struct Accounting {
 }
 
 impl CallObserver for Accounting {
-    fn before_call(&self, _action: &'static str) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn before_call(
+        &self,
+        _action: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async {
-            self.budget.acquire().await;
+            self.budget.acquire().await.map_err(|e| e.to_string())?;
             if let Some(coordinator) = &self.coordinator {
-                coordinator.acquire_budget(self.per_minute).await;
+                coordinator.acquire_budget(self.per_minute).await?;
             }
+            Ok(())
         })
     }
 
@@ -131,7 +136,7 @@ impl Flow {
     }
 
     /// The longest one `ensure` may take: a coordinated member may wait for a lease holder
-    /// longer than it would verify alone.
+    /// one lease longer than it would verify alone.
     pub(crate) fn time_limit(&self) -> Duration {
         self.coordinator
             .as_ref()
@@ -155,6 +160,16 @@ impl Flow {
         ip: IpAddr,
         not_before_ms: u64,
     ) -> Result<Proof, EnsureError> {
+        deadline::within(self.deadline(), self.ensure_by(ip, not_before_ms)).await
+    }
+
+    /// Every wait of one `ensure` (the budgets, the store, the lease, its renewals) ends by
+    /// this: the time limit from now.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.time_limit()
+    }
+
+    async fn ensure_by(&self, ip: IpAddr, not_before_ms: u64) -> Result<Proof, EnsureError> {
         let Some(coordinator) = &self.coordinator else {
             return Ok(self.reconciler.ensure(ip).await?);
         };
@@ -191,7 +206,8 @@ impl Flow {
         detection: impl Future<Output = Result<IpAddr, E>>,
     ) -> Result<Result<Proof, EnsureError>, E> {
         if self.coordinator.is_none() {
-            let proof = self.reconciler.ensure_detected(family, detection).await?;
+            let proof = self.reconciler.ensure_detected(family, detection);
+            let proof = deadline::within(self.deadline(), proof).await?;
             return Ok(proof.map_err(EnsureError::from));
         }
         let ip = detection.await?;
@@ -200,7 +216,7 @@ impl Flow {
 
     /// Read-only: does the key work from here, and does its whitelist list `ip`?
     pub(crate) async fn check(&self, ip: IpAddr) -> Result<CheckReport, ReconcileError> {
-        self.reconciler.check(ip).await
+        deadline::within(self.deadline(), self.reconciler.check(ip)).await
     }
 
     /// On shutdown: a lease held mid-work goes back at once, bounded so a store that does not
@@ -242,7 +258,7 @@ mod tests {
         // The fake does not pass through the observer; the real routes do. Drive it directly.
         let started = tokio::time::Instant::now();
         for _ in 0..3 {
-            flow.observer.before_call(LIST).await;
+            flow.observer.before_call(LIST).await.expect("budget");
             flow.observer.after_call(LIST, Verdict::Success);
         }
         assert!(

@@ -12,6 +12,7 @@ use crate::net::Family;
 use crate::sendsms::{Added, ApiError, Routes, Verdict, Whitelist};
 use crate::util::backoff::Backoff;
 use crate::util::clock::rfc3339_ms;
+use crate::util::deadline;
 
 /// A boxed future, so the API can be a trait object (the real routes, or a fake in tests).
 pub(crate) type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
@@ -212,7 +213,7 @@ impl Reconciler {
         first_read: Result<Whitelist, ApiError>,
         started: Instant,
     ) -> Result<Proof, ReconcileError> {
-        let deadline = started + self.verify_timeout;
+        let deadline = deadline::clamp(started + self.verify_timeout);
         let family = Family::of(ip);
         let proof = |source, whitelist| Proof {
             ip,
@@ -245,6 +246,15 @@ impl Reconciler {
             Ok(whitelist) => {
                 tracing::info!(%ip, whitelist = %whitelist, "the key works here but does not list this IP")
             }
+            // A status no success or refusal explains (an account suspended, say): the
+            // account is in a state this tool does not know, so nothing is written.
+            Err(e) if e.verdict() == Verdict::Unexpected => {
+                return Err(ReconcileError::ApiUnavailable {
+                    during: "token_list_ips",
+                    waited: started.elapsed(),
+                    cause: e.to_string(),
+                });
+            }
             Err(e) => tracing::info!(%ip, cause = %e, "the key does not work from this host yet"),
         }
 
@@ -255,6 +265,13 @@ impl Reconciler {
             })
             .await
             .map_err(|exhausted| match exhausted {
+                Exhausted::Stopped(cause) if cause.verdict() == Verdict::Unexpected => {
+                    ReconcileError::ApiUnavailable {
+                        during: "token_add_ip",
+                        waited: started.elapsed(),
+                        cause: cause.to_string(),
+                    }
+                }
                 Exhausted::Stopped(cause) => ReconcileError::BootstrapRefused {
                     ip,
                     path: self.api.bootstrap_route(),
@@ -320,7 +337,7 @@ impl Reconciler {
     /// Read-only: does the key work from here, and does its whitelist list `ip`?
     pub(crate) async fn check(&self, ip: IpAddr) -> Result<CheckReport, ReconcileError> {
         let started = Instant::now();
-        let deadline = started + self.verify_timeout;
+        let deadline = deadline::clamp(started + self.verify_timeout);
         let report = |whitelist, refusal| CheckReport {
             ip,
             whitelist,

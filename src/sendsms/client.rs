@@ -12,16 +12,16 @@ use super::api::{Action, ApiError, ApiResponse, MAX_RESPONSE_BYTES, Verdict, par
 use super::whitelist::Whitelist;
 use crate::http;
 use crate::net::Family;
-use crate::secret::{Credentials, SecretUrl};
+use crate::secret::{Credentials, SecretUrl, printable, redact};
 
-/// Called around every API request: the budgets wait in `before_call`, the metrics count in
-/// `after_call`.
+/// Called around every API request: the budgets wait in `before_call` (an error means the
+/// call is not made, and says why), the metrics count in `after_call`.
 pub(crate) trait CallObserver: Send + Sync {
     fn before_call(
         &self,
         _action: &'static str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async {})
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
     }
     fn after_call(&self, _action: &'static str, _verdict: Verdict) {}
 }
@@ -151,10 +151,14 @@ impl Client {
         &self.route
     }
 
-    /// One request. A negative status becomes `ApiError::Refused`; the caller classifies.
+    /// One request. Only the action's success codes are success; a negative status becomes
+    /// `ApiError::Refused`, any other `ApiError::UnexpectedStatus`; the caller classifies.
     pub(crate) async fn call(&self, action: &Action) -> Result<ApiResponse, ApiError> {
         if let Some(observer) = &self.observer {
-            observer.before_call(action.name()).await;
+            observer
+                .before_call(action.name())
+                .await
+                .map_err(ApiError::NotSent)?;
         }
         let result = self.send(action).await;
         if let Some(observer) = &self.observer {
@@ -195,13 +199,29 @@ impl Client {
                 http::BodyError::Transport(t) => ApiError::Transport(t),
             })?;
         let answer = parse_response(&body).map_err(ApiError::Malformed)?;
-        if answer.status.is_error() {
-            return Err(ApiError::Refused {
-                status: answer.status,
-                message: answer.message.chars().take(200).collect(),
-            });
+        if action.succeeded(answer.status) {
+            return Ok(answer);
         }
-        Ok(answer)
+        // The API's own words may echo the key or carry another credential: they are
+        // redacted before anything stores, logs or shows them.
+        let message = printable(
+            &redact(&answer.message, &[self.credentials.api_key.expose_secret()])
+                .chars()
+                .take(200)
+                .collect::<String>(),
+        );
+        Err(if answer.status.is_error() {
+            ApiError::Refused {
+                status: answer.status,
+                message,
+            }
+        } else {
+            ApiError::UnexpectedStatus {
+                action: action.name(),
+                code: answer.status.code(),
+                message,
+            }
+        })
     }
 
     pub(crate) async fn list_ips(&self) -> Result<Whitelist, ApiError> {
