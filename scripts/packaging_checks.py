@@ -4,6 +4,7 @@
     packaging_checks.py dockerfile
     packaging_checks.py helm HELM_BINARY
     packaging_checks.py compose
+    packaging_checks.py workflows ACTIONLINT
 
 Run by scripts/check-packaging.sh, which installs the Python packages used here
 (pyyaml, kubernetes-validate, compose-spec). Each check prints PASS or FAIL; the exit
@@ -31,6 +32,9 @@ COMPOSE = ROOT / "examples" / "compose"
 BINARY_IN_IMAGE = "/usr/local/bin/sendsms-whitelister"
 SIDECAR_UID = 65532
 STATUS_PORT = 9797
+GATEWAY_PORT = 9798
+# What .github/workflows/release.yml publishes, and so the chart's and compose files' default.
+PUBLISHED_IMAGE = "ghcr.io/sendsms-whitelister/sendsms-whitelister"
 
 results: list[tuple[bool, str]] = []
 
@@ -91,13 +95,22 @@ def cmd_dockerfile() -> None:
         require(re.search(r"^USER 65532:65532$", text, re.M), "USER 65532:65532 missing")
         require(re.search(rf'^ENTRYPOINT \["{BINARY_IN_IMAGE}"\]$', text, re.M), "exec-form ENTRYPOINT missing")
         require(re.search(r'^CMD \["run"\]$', text, re.M), 'CMD ["run"] missing')
-        require(re.search(r"^EXPOSE 9797$", text, re.M), "EXPOSE 9797 missing")
+        require(re.search(r"^EXPOSE 9797 9798$", text, re.M), "EXPOSE 9797 9798 (status, gateway) missing")
         require(re.search(rf'CMD \["{BINARY_IN_IMAGE}", "health"\]', text), "exec-form HEALTHCHECK calling health missing")
         require(re.search(rf"^COPY --from=builder \S+ {BINARY_IN_IMAGE}$", text, re.M), "binary not copied to " + BINARY_IN_IMAGE)
 
+    @check("Dockerfile: multi-arch, the builder on $BUILDPLATFORM cross-compiling for $TARGETARCH")
+    def _():
+        froms = re.findall(r"^FROM\s+(.*)$", text, re.M)
+        require(froms[0].startswith("--platform=$BUILDPLATFORM "), f"builder: FROM {froms[0]}")
+        require(not froms[-1].startswith("--platform"), f"the final stage must be the target platform's: FROM {froms[-1]}")
+        require(re.search(r"^ARG TARGETARCH$", text, re.M), "ARG TARGETARCH missing")
+        require("DL3029" not in text, "no platform pin may need a hadolint ignore")
+        return "linux/amd64, linux/arm64 (scripts/check-image-recipe.sh replays both)"
+
     @check("Dockerfile: OCI labels, and its VERSION matches Cargo.toml and Chart.yaml appVersion")
     def _():
-        for label in ("title", "description", "version", "revision", "licenses"):
+        for label in ("title", "description", "version", "revision", "licenses", "source"):
             require(f"org.opencontainers.image.{label}=" in text, f"label org.opencontainers.image.{label} missing")
         version = re.search(r"^ARG VERSION=(\S+)$", text, re.M)
         require(version, "ARG VERSION=... missing")
@@ -107,7 +120,7 @@ def cmd_dockerfile() -> None:
                 f"Dockerfile {version[1]}, Cargo.toml {cargo}, Chart appVersion {chart['appVersion']}")
         return f"version {cargo}"
 
-    @check(".dockerignore: sends only Cargo.toml, Cargo.lock and src/ to the builder")
+    @check(".dockerignore: sends only what the Dockerfile COPYs (Cargo.toml, Cargo.lock, src/, the build script)")
     def _():
         rules = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
                  if l.strip() and not l.startswith("#")]
@@ -167,7 +180,8 @@ def assert_never_root(pod: dict, where: str) -> None:
 def assert_sidecar_container(c: dict, args: list[str], values: dict, where: str) -> None:
     sc = c.get("securityContext") or {}
     require(c["args"] == args, f"{where}: {c['name']} args {c['args']}, expected {args}")
-    require(sc.get("runAsUser") == SIDECAR_UID, f"{where}: {c['name']} runAsUser {sc.get('runAsUser')}")
+    uid = values.get("uid", SIDECAR_UID)  # None: left to the platform (OpenShift)
+    require(sc.get("runAsUser") == uid, f"{where}: {c['name']} runAsUser {sc.get('runAsUser')}, expected {uid}")
     require(sc.get("runAsNonRoot") is True, f"{where}: {c['name']} runAsNonRoot not true")
     require(sc.get("readOnlyRootFilesystem") is True, f"{where}: {c['name']} root filesystem writable")
     require(sc.get("allowPrivilegeEscalation") is False, f"{where}: {c['name']} allowPrivilegeEscalation")
@@ -220,7 +234,9 @@ def assert_pod(pod: dict, native: bool, values: dict, where: str) -> str:
     else:
         require("readinessProbe" not in run, f"{where}: readinessProbe rendered although disabled")
     ports = [p["containerPort"] for p in run.get("ports", [])]
-    require(ports == [STATUS_PORT], f"{where}: status port {ports}")
+    require(ports == [STATUS_PORT] + ([GATEWAY_PORT] if values.get("gateway") else []), f"{where}: ports {ports}")
+    listen = env_map(run).get("SENDSMS_LISTEN", {}).get("value")
+    require(listen == f"[::]:{STATUS_PORT}", f"{where}: SENDSMS_LISTEN {listen}, expected dual-stack [::]:{STATUS_PORT}")
     mounts = {m["name"]: m["mountPath"] for m in run.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
     state = env_map(run).get("SENDSMS_STATE_FILE", {}).get("value")
@@ -232,6 +248,12 @@ def assert_pod(pod: dict, native: bool, values: dict, where: str) -> str:
     else:
         require(state is None and "sendsms-whitelister-state" not in volumes, f"{where}: state file rendered although disabled")
     return "native sidecar" if native else "init `once` + sidecar `run`"
+
+
+# The app's own pod annotations in helm/tests/consumer/values.yaml: they must reach the pod
+# unchanged, the sidecar's prometheus.io/* must not replace them.
+CONSUMER_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+                        "prometheus.io/path": "/actuator/prometheus", "example.com/team": "notifications"}
 
 
 def cmd_helm(helm: str) -> None:
@@ -287,7 +309,7 @@ def cmd_helm(helm: str) -> None:
                     "app.kubernetes.io/version", "app.kubernetes.io/managed-by"):
             require(key in labels, f"{doc['kind']}/{doc['metadata']['name']} lacks label {key}")
 
-    image_default = f"sendsms-whitelister:{app_version}"
+    image_default = f"{PUBLISHED_IMAGE}:{app_version}"
     base = {"name": "sendsms-whitelister", "secret": "sendsms-credentials",
             "usernameKey": "username", "apiKeyKey": "apiKey", "image": image_default}
 
@@ -331,6 +353,9 @@ def cmd_helm(helm: str) -> None:
     lint_cases = [(CHART, []), (CHART, ["example.enabled=true"]),
                   (CHART, ["example.enabled=true", "sidecar.native=false"]),
                   (CHART, ["example.enabled=true", "metrics.serviceMonitor.enabled=true"]),
+                  (CHART, ["mode=daemonset", "gateway.tokenSecret=gw"]),
+                  (CHART, ["mode=deployment", "gateway.tokenSecret=gw", "prometheusRule.enabled=true",
+                           "dashboard.enabled=true", "metrics.serviceMonitor.enabled=true"]),
                   (consumer, [])]
     for chart, sets in lint_cases:
         label = f"{chart.name} {' '.join(sets) or '(defaults)'}"
@@ -360,7 +385,11 @@ def cmd_helm(helm: str) -> None:
                 for pod in all_pod_specs(doc):
                     modes.append(assert_pod(pod, native, values, f"{doc['kind']}/{doc['metadata']['name']}"))
                     annotations = doc["spec"]["template"]["metadata"].get("annotations") or {}
-                    if "metrics.podAnnotations=false" in sets:
+                    if chart != CHART:
+                        # The consumer's own scrape annotations (helm/tests/consumer/values.yaml).
+                        require(annotations == CONSUMER_ANNOTATIONS,
+                                f"the app's own annotations did not survive: {annotations}")
+                    elif "metrics.podAnnotations=false" in sets:
                         require(not annotations, f"annotations rendered although disabled: {annotations}")
                     else:
                         require(annotations.get("prometheus.io/scrape") == "true"
@@ -403,7 +432,8 @@ def cmd_helm(helm: str) -> None:
         ("an empty Secret name", CHART, "1.33.0", ["credentials.existingSecret="], "existingSecret"),
     ]
     root_attempts = ["securityContext.runAsUser=0", "securityContext.runAsNonRoot=false",
-                     "securityContext.runAsNonRoot=null", "securityContext.runAsUser=null",
+                     "securityContext.runAsNonRoot=null", "podSecurityContext.runAsUser=0",
+                     "podSecurityContext.runAsNonRoot=false", "podSecurityContext=null",
                      "securityContext=null", "securityContext.allowPrivilegeEscalation=true",
                      "securityContext.privileged=true", "securityContext.capabilities.add={SYS_ADMIN}",
                      "securityContext.capabilities.drop={NET_RAW}", "securityContext.runAsGroup=0"]
@@ -506,13 +536,13 @@ def cmd_compose() -> None:
     @check("compose.once.yaml: one-shot `once` job, app on service_completed_successfully")
     def _():
         doc = loaded["compose.once.yaml"]
-        job, app = doc["services"]["whitelist"], doc["services"]["app"]
+        job, app = doc["services"]["whitelister"], doc["services"]["app"]
         require(job["command"] == ["once"], f"job command {job['command']}")
         require(job.get("restart") == "no", "a one-shot job must not restart")
         require(job.get("healthcheck", {}).get("disable") is True, "the image HEALTHCHECK must be disabled for `once`")
-        hardened(job, "whitelist")
-        uses_secret_file(doc, job, "whitelist")
-        require(app["depends_on"]["whitelist"]["condition"] == "service_completed_successfully",
+        hardened(job, "whitelister")
+        uses_secret_file(doc, job, "whitelister")
+        require(app["depends_on"]["whitelister"]["condition"] == "service_completed_successfully",
                 "app does not wait for the job to succeed")
 
     @check("compose.demo.yaml: emulator + bastion + sidecar + app wired consistently")
@@ -556,6 +586,135 @@ def cmd_compose() -> None:
             hardened(s[name], name)
 
 
+# --------------------------------------------------------------------------------------
+# GitHub workflows
+
+
+def cmd_workflows(actionlint: str) -> None:
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+
+    @check("actionlint is live: it flags script injection from an untrusted context")
+    def _():
+        bad = "on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo '${{ github.event.head_commit.message }}'\n"
+        r = subprocess.run([actionlint, "-no-color", "-"], input=bad, capture_output=True, text=True)
+        require(r.returncode != 0 and "untrusted" in r.stdout, f"not flagged: {r.stdout}{r.stderr}")
+        return subprocess.run([actionlint, "-version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+    @check(f"actionlint (with shellcheck on every run: script): {', '.join(w.name for w in workflows)}")
+    def _():
+        require(shutil.which("shellcheck"), "shellcheck is not on PATH: run: scripts would go unchecked")
+        r = subprocess.run([actionlint, "-no-color", *map(str, workflows)], capture_output=True, text=True)
+        require(r.returncode == 0, (r.stdout + r.stderr).strip()[-2000:])
+        return "no findings"
+
+    @check("release.yml: every action pinned to a commit, least privilege, a tag trigger")
+    def _():
+        text = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+        for uses in re.findall(r"uses: (\S+)(.*)", text):
+            require(re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses[0]) and re.match(r"\s+# v\d", uses[1]),
+                    f"not pinned to a commit with its version noted: {uses[0]}{uses[1]}")
+        require(release["permissions"] == {}, "the workflow grants permissions to every job")
+        require(list(release[True]["push"]) == ["tags"], "release.yml must run on tags only")
+        return f"{len(re.findall('uses: ', text))} action uses"
+
+    @check("release.yml publishes the image the chart and the compose files default to, for amd64 and arm64, with provenance")
+    def _():
+        env, jobs = release["env"], release["jobs"]
+        require(env["IMAGE"] == PUBLISHED_IMAGE, f"IMAGE {env['IMAGE']}")
+        values = yaml.safe_load((CHART / "values.yaml").read_text())["image"]
+        require(f"{values['registry']}/{values['repository']}" == env["IMAGE"],
+                f"the chart defaults to {values['registry']}/{values['repository']}, the workflow publishes {env['IMAGE']}")
+        for f in sorted(COMPOSE.glob("compose*.yaml")):
+            for ref in re.findall(r"\$\{SENDSMS_WHITELISTER_IMAGE:-([^}]+)\}", f.read_text()):
+                require(ref.rsplit(":", 1)[0] == env["IMAGE"], f"{f.name} defaults to {ref}")
+        steps = {s.get("id") or s.get("name") or s["uses"]: s for s in jobs["image"]["steps"]}
+        push = steps["push"]["with"]
+        require(push["platforms"] == "linux/amd64,linux/arm64" and push["push"] is True, f"image build {push}")
+        require(str(push["provenance"]).startswith("mode=max"), "no max-mode BuildKit provenance")
+        builder = re.search(r"^FROM --platform=\$BUILDPLATFORM (\S+) AS builder$", (ROOT / "Dockerfile").read_text(), re.M)[1]
+        require(jobs["binaries"]["container"] == builder, f"binaries built in {jobs['binaries']['container']}, the image in {builder}")
+        require(any("scripts/build-release.sh" in s.get("run", "") for s in jobs["binaries"]["steps"]),
+                "the binaries are not built by scripts/build-release.sh")
+        for job in ("binaries", "image", "chart"):
+            attest = [s for s in jobs[job]["steps"] if "attest-build-provenance" in s.get("uses", "")]
+            perms = jobs[job]["permissions"]
+            require(attest and perms.get("id-token") == "write" and perms.get("attestations") == "write",
+                    f"{job}: no provenance attestation")
+        chart_run = next(s["run"] for s in jobs["chart"]["steps"] if "run" in s)
+        require('push "chart/sendsms-whitelister-$VERSION.tgz" "$CHART_REPOSITORY"' in chart_run, "the chart is not pushed")
+        require(env["CHART_REPOSITORY"].startswith("oci://"), "the chart repository is not OCI")
+        release_run = next(s["run"] for s in jobs["release"]["steps"] if "run" in s)
+        require("SHA256SUMS" in release_run and "dist/*" in release_run, "the release does not attach dist/ with SHA256SUMS")
+        return f"{env['IMAGE']}, chart {env['CHART_REPOSITORY']}"
+
+
+def cmd_compose_gateway() -> None:
+    """compose.gateway.yaml (one gateway per host) and compose.build.yaml (build from source)."""
+    loaded: dict[str, dict] = {}
+    load_compose_files({"compose.gateway.yaml": COMPOSE / "compose.gateway.yaml"}, loaded)
+    image_var = re.compile(r"\$\{SENDSMS_WHITELISTER_IMAGE:-([^}]+)\}")
+
+    @check("compose.gateway.yaml: one gateway with a token, apps reach it by service name without the key, --scale works")
+    def _():
+        doc = loaded["compose.gateway.yaml"]
+        s = doc["services"]
+        gw = s["whitelister"]
+        env = gw["environment"]
+        require(gw["command"] == ["run"], f"gateway command {gw['command']}")
+        require(env.get("SENDSMS_GATEWAY_LISTEN") == f"0.0.0.0:{GATEWAY_PORT}", f"SENDSMS_GATEWAY_LISTEN {env.get('SENDSMS_GATEWAY_LISTEN')}")
+        require("SENDSMS_GATEWAY_TOKEN" not in env, "the gateway token is a plain env value")
+        token = re.fullmatch(r"/run/secrets/(\w+)", env.get("SENDSMS_GATEWAY_TOKEN_FILE", ""))
+        require(token and token[1] in gw["secrets"] and "file" in doc["secrets"][token[1]], "the token is not a compose secret")
+        require("SENDSMS_API_KEY" not in env and env.get("SENDSMS_API_KEY_FILE", "").startswith("/run/secrets/"), "API key")
+        require("ports" not in gw, "the gateway is published on the host")
+        require(gw.get("healthcheck", {}).get("test", [])[:3] == ["CMD", BINARY_IN_IMAGE, "health"], "gateway healthcheck")
+        hardened(gw, "whitelister")
+        apps = {n: v for n, v in s.items() if n != "whitelister"}
+        require(apps, "no app")
+        key_secret = env["SENDSMS_API_KEY_FILE"].rsplit("/", 1)[1]
+        for name, app in apps.items():
+            require("container_name" not in app and "network_mode" not in app, f"{name} cannot be scaled")
+            require(not any(str(p).count(":") for p in app.get("ports", [])), f"{name} pins a host port")
+            require(set(gw["networks"]) & set(app["networks"]), f"{name} shares no network with the gateway")
+            require(len(app["networks"]) > 1, f"{name} has no network of its own")
+            require(app["environment"]["SMS_API_URL"] == f"http://whitelister:{GATEWAY_PORT}/json", f"{name} API URL")
+            require(key_secret not in app.get("secrets", []), f"{name} mounts the API key")
+            require(token[1] in app.get("secrets", []), f"{name} lacks the gateway token")
+            require(app["depends_on"]["whitelister"]["condition"] == "service_healthy", f"{name} does not wait")
+            hardened(app, name)
+        return f"gateway + {', '.join(apps)}"
+
+    @check("compose files: every sendsms-whitelister image defaults to the published tag (the chart's appVersion)")
+    def _():
+        app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        seen = 0
+        for f in sorted(COMPOSE.glob("compose*.yaml")):
+            text = f.read_text()
+            for ref in image_var.findall(text):
+                require(ref == f"{PUBLISHED_IMAGE}:{app_version}", f"{f.name}: {ref}")
+                seen += 1
+            if f.name != "compose.build.yaml":
+                require("context: ../.." not in text, f"{f.name} builds from source itself")
+        return f"{seen} references to {PUBLISHED_IMAGE}:{app_version}"
+
+    @check("compose.build.yaml: merged over each stack with a `whitelister` service, it builds that one and adds nothing")
+    def _():
+        import compose_spec
+
+        override = yaml.safe_load((COMPOSE / "compose.build.yaml").read_text())
+        require(list(override) == ["services"] and list(override["services"]) == ["whitelister"], "override shape")
+        require(override["services"]["whitelister"]["build"] == {"context": "../.."}, "build context")
+        require((COMPOSE / "../../Dockerfile").resolve().exists(), "no Dockerfile at the build context")
+        for name in ("compose.yaml", "compose.once.yaml", "compose.gateway.yaml", "compose.demo.yaml"):
+            base = interpolate({k: v for k, v in yaml.safe_load((COMPOSE / name).read_text()).items() if not k.startswith("x-")})
+            require("whitelister" in base["services"], f"{name} has no whitelister service")
+            merged = {**base, "services": {**base["services"],
+                                           "whitelister": {**base["services"]["whitelister"], **override["services"]["whitelister"]}}}
+            compose_spec.PyCompose.from_yaml(yaml.safe_dump(merged))
+        return "4 stacks"
+
+
 def main() -> int:
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "dockerfile":
@@ -564,6 +723,9 @@ def main() -> int:
         cmd_helm(sys.argv[2])
     elif cmd == "compose":
         cmd_compose()
+        cmd_compose_gateway()
+    elif cmd == "workflows" and len(sys.argv) == 3:
+        cmd_workflows(sys.argv[2])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -94,6 +94,7 @@ pub fn main() -> ExitCode {
                 Command::Once => cmd::once::run(&cmd::load_config("info")?).await,
                 Command::Check => cmd::check::run(&cmd::load_config("warn")?).await,
                 Command::Detect => cmd::detect::run().await,
+                Command::NotifyTest => cmd::notify_test::run().await,
                 Command::Demo => {
                     logging::init(None, "warn");
                     cmd::demo::run().await

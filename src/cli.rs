@@ -34,6 +34,8 @@ pub(crate) enum Command {
     Detect,
     /// The whole flow against an in-process emulator, with no account and no network.
     Demo,
+    /// Send one test event to every SENDSMS_NOTIFY_URLS target; exit 0 only if all accepted it.
+    NotifyTest,
     /// Serve the offline sendSMS API emulator.
     Emulator(Box<emulator::args::Args>),
 }

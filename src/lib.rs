@@ -21,6 +21,7 @@
 //!   - `coord`: the fleet protocol over a file or Redis store.
 //!   - `flow`: the one place that chooses coordinated or alone and wires budgets and metrics.
 //! - loop:
+//!   - `notify`: webhooks and heartbeats, fed by the loop without ever blocking it.
 //!   - `status`: the state the loop writes and the servers read.
 //!   - `sidecar`: the control loop of `run`.
 //!   - `server`: the one hardened HTTP server (timeouts, size limits, connection cap, liveness lane) and the status routes.
@@ -49,6 +50,7 @@ mod http;
 mod logging;
 mod metrics;
 mod net;
+mod notify;
 mod reconcile;
 mod secret;
 mod sendsms;

@@ -31,6 +31,24 @@ struct ModeLabels {
     mode: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+    target: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    target: String,
+    outcome: &'static str,
+}
+
 /// The coordination counters and gauge; clones share their values, so the coordinator counts
 /// into the same cells the registry encodes.
 #[derive(Clone, Default)]
@@ -72,7 +90,12 @@ pub(crate) struct Metrics {
     /// The label sets `api_calls` has seen, so `/status` can add them up.
     api_call_labels: Mutex<Vec<CallLabels>>,
     pub(crate) whitelist_size: Gauge,
-    pub(crate) last_success: Family<FamilyLabels, Gauge>,
+    last_success: Family<FamilyLabels, Gauge>,
+    /// Seconds since each family's last verified round, set when the metrics are encoded.
+    verified_age: Family<FamilyLabels, Gauge>,
+    notify_deliveries: Family<DeliveryLabels, Counter>,
+    notify_target_up: Family<TargetLabels, Gauge>,
+    pub(crate) heartbeat_failures: Counter,
     /// Present only when coordination is on, so an alert on the store never fires without one.
     pub(crate) coordination: Option<CoordinationMetrics>,
 }
@@ -95,6 +118,10 @@ impl Metrics {
             api_call_labels: Mutex::new(Vec::new()),
             whitelist_size: Gauge::default(),
             last_success: Family::default(),
+            verified_age: Family::default(),
+            notify_deliveries: Family::default(),
+            notify_target_up: Family::default(),
+            heartbeat_failures: Counter::default(),
             coordination: coordination_mode.map(|_| CoordinationMetrics::default()),
         };
         metrics.register(coordination_mode);
@@ -103,6 +130,19 @@ impl Metrics {
 
     fn register(&mut self, coordination_mode: Option<&'static str>) {
         let registry = &mut self.registry;
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("SENDSMS_WHITELISTER_COMMIT"),
+                target: env!("SENDSMS_WHITELISTER_TARGET"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version, the commit and the target it was built for",
+            build,
+        );
         registry.register(
             "ready",
             "1 when every egress IP is whitelisted and verified",
@@ -157,6 +197,27 @@ impl Metrics {
             "Unix time of the last successful verification per family",
             self.last_success.clone(),
         );
+        registry.register_with_unit(
+            "verified_age",
+            "Time since the last verified round per family",
+            Unit::Seconds,
+            self.verified_age.clone(),
+        );
+        registry.register(
+            "notify_deliveries",
+            "Notifications by target (scheme and host only) and outcome: delivered, failed, dropped",
+            self.notify_deliveries.clone(),
+        );
+        registry.register(
+            "notify_target_up",
+            "1 while the notification target accepts events; 0 after one failed every attempt",
+            self.notify_target_up.clone(),
+        );
+        registry.register(
+            "heartbeat_failures",
+            "Heartbeat pings that were not accepted",
+            self.heartbeat_failures.clone(),
+        );
         let (Some(mode), Some(coordination)) = (coordination_mode, &self.coordination) else {
             return;
         };
@@ -198,6 +259,32 @@ impl Metrics {
         }
     }
 
+    /// A family was verified at `unix_seconds` (by this member or a fleet record).
+    pub(crate) fn verified(&self, family: &'static str, unix_seconds: u64) {
+        self.last_success
+            .get_or_create(&FamilyLabels { family })
+            .set(i64::try_from(unix_seconds).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one notification to `target` by how it ended.
+    pub(crate) fn count_notification(&self, target: &str, outcome: &'static str) {
+        self.notify_deliveries
+            .get_or_create(&DeliveryLabels {
+                target: target.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Whether `target` accepts events.
+    pub(crate) fn notify_target_up(&self, target: &str, up: bool) {
+        self.notify_target_up
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
     /// Counts one sendSMS call by its action and how it ended.
     pub(crate) fn count_api_call(&self, action: &'static str, outcome: &'static str) {
         let labels = CallLabels { action, outcome };
@@ -227,6 +314,17 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub(crate) fn encode(&self) -> String {
+        let now = i64::try_from(crate::util::clock::unix_now_ms() / 1000).unwrap_or(i64::MAX);
+        for family in ["ipv4", "ipv6"] {
+            let labels = FamilyLabels { family };
+            // Only families verified at least once have an age; reading creates no series.
+            let at = self.last_success.get(&labels).map(|g| g.get());
+            if let Some(at) = at {
+                self.verified_age
+                    .get_or_create(&labels)
+                    .set(now.saturating_sub(at).max(0));
+            }
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -11,8 +11,9 @@ use tokio::time::Instant;
 
 use crate::detect::Detector;
 use crate::flow::Flow;
-use crate::metrics::{FamilyLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::net::Family;
+use crate::notify::{Event, Kind, Notifier};
 use crate::reconcile::{Proof, Source};
 use crate::state::{StateFile, VerifiedIp};
 use crate::status::{FamilyStatus, Phase, RecheckRequest, RecheckResult, Shared};
@@ -57,6 +58,7 @@ pub(crate) struct Sidecar {
     detector: Detector,
     flow: Flow,
     shared: Arc<Shared>,
+    notifier: Option<Notifier>,
     tracked: BTreeMap<Family, Tracked>,
     was_ready: bool,
 }
@@ -69,6 +71,7 @@ impl Sidecar {
         detector: Detector,
         flow: Flow,
         metrics: Arc<Metrics>,
+        notifier: Option<Notifier>,
     ) -> (Self, Arc<Shared>, mpsc::Receiver<RecheckRequest>) {
         let families = settings.families.len().max(1) as u32;
         let round = detector.timeout() + flow.time_limit();
@@ -80,6 +83,7 @@ impl Sidecar {
             stale_after,
             metrics,
             flow.coordinator().cloned(),
+            notifier.clone(),
         );
         let mut tracked: BTreeMap<Family, Tracked> = settings
             .families
@@ -99,6 +103,7 @@ impl Sidecar {
             detector,
             flow,
             shared: Arc::clone(&shared),
+            notifier,
             tracked,
             was_ready: false,
         };
@@ -169,7 +174,14 @@ impl Sidecar {
             self.follow(family, force).await;
             self.shared.beat();
         }
-        self.publish_readiness();
+        let ready = self.publish_readiness();
+        self.notify(|n| n.round(ready));
+    }
+
+    fn notify(&self, tell: impl FnOnce(&Notifier)) {
+        if let Some(notifier) = &self.notifier {
+            tell(notifier);
+        }
     }
 
     async fn follow(&mut self, family: Family, force: bool) {
@@ -222,6 +234,9 @@ impl Sidecar {
             match previous {
                 Some(old) => {
                     tracing::info!(%family, %old, new = %ip, "egress IP changed");
+                    if let Some(notifier) = &self.notifier {
+                        notifier.event(Event::ip_changed(family, old, ip));
+                    }
                     self.shared.metrics().ip_changes.inc();
                     tracked.failures = 0;
                     tracked.retry_at = None;
@@ -246,7 +261,7 @@ impl Sidecar {
         if !reproof {
             self.shared
                 .update_family(family, |s| s.phase = Phase::Verifying);
-            self.publish_readiness();
+            let _ = self.publish_readiness();
         }
         let started = Instant::now();
         let result = self.flow.ensure(ip, not_before_ms).await;
@@ -269,6 +284,15 @@ impl Sidecar {
                 tracked.retry_at = Some(Instant::now() + delay);
                 tracked.verified = None;
                 tracing::warn!(%family, %ip, error = %e, retry_in = ?delay, "whitelisting failed");
+                if let Some(notifier) = &self.notifier {
+                    notifier.event(
+                        Event::new(
+                            Kind::VerificationFailed,
+                            format!("{ip} could not be whitelisted and verified: {e}"),
+                        )
+                        .about(family, ip),
+                    );
+                }
                 self.shared.metrics().verification_failures.inc();
                 self.shared.update(|snap| {
                     snap.last_error = Some(e.to_string());
@@ -297,17 +321,15 @@ impl Sidecar {
             }
             Source::Added { .. } => {
                 tracing::info!(%family, %ip, "whitelisted and verified");
+                self.notify(|n| {
+                    n.event(Event::new(Kind::Whitelisted, proof.to_string()).about(family, ip))
+                });
                 VerifiedIp::now(ip)
             }
         };
         let metrics = self.shared.metrics();
         metrics.verifications.inc();
-        metrics
-            .last_success
-            .get_or_create(&FamilyLabels {
-                family: family.as_str(),
-            })
-            .set(i64::try_from(entry.verified_at).unwrap_or(i64::MAX));
+        metrics.verified(family.as_str(), entry.verified_at);
         if let Some(whitelist) = &proof.whitelist {
             metrics
                 .whitelist_size
@@ -348,7 +370,8 @@ impl Sidecar {
         }
     }
 
-    fn publish_readiness(&mut self) {
+    /// Works out readiness from every family's state, publishes it, and says whether it is ready.
+    fn publish_readiness(&mut self) -> bool {
         let (ready, reason) = self.shared.update(|snap| {
             let problems: Vec<String> = snap
                 .families
@@ -372,7 +395,9 @@ impl Sidecar {
         if ready != self.was_ready {
             tracing::info!(ready, %reason, "{}", if ready { "ready" } else { "not ready" });
             self.was_ready = ready;
+            self.notify(|n| n.readiness(ready, &reason));
         }
+        ready
     }
 }
 
@@ -441,7 +466,7 @@ mod tests {
             recheck_min_interval: Duration::from_secs(10),
             state_file: None,
         };
-        let (sidecar, shared, rechecks) = Sidecar::new(settings, detector, flow, metrics);
+        let (sidecar, shared, rechecks) = Sidecar::new(settings, detector, flow, metrics, None);
         Rig {
             sidecar,
             shared,

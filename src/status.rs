@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::coord::{CoordinationStatus, Coordinator};
 use crate::metrics::{Counters, Metrics};
 use crate::net::Family;
+use crate::notify::{Notifier, TargetStatus};
 use crate::sendsms::Whitelist;
 use crate::util::clock::rfc3339_now;
 use crate::util::lock;
@@ -55,6 +56,8 @@ pub(crate) struct Snapshot {
     pub(crate) started_at: String,
     /// Absent when `SENDSMS_COORDINATION=none`.
     pub(crate) coordination: Option<CoordinationStatus>,
+    /// Each notification target; absent when none is configured.
+    pub(crate) notifications: Option<Vec<TargetStatus>>,
 }
 
 /// The answer to `POST /recheck`.
@@ -81,6 +84,7 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     recheck: mpsc::Sender<RecheckRequest>,
     coordinator: Option<Arc<Coordinator>>,
+    notifier: Option<Notifier>,
 }
 
 impl Shared {
@@ -90,6 +94,7 @@ impl Shared {
         stale_after: Duration,
         metrics: Arc<Metrics>,
         coordinator: Option<Arc<Coordinator>>,
+        notifier: Option<Notifier>,
     ) -> (Arc<Self>, mpsc::Receiver<RecheckRequest>) {
         let (recheck, requests) = mpsc::channel(RECHECK_QUEUE);
         let shared = Shared {
@@ -106,12 +111,14 @@ impl Shared {
                 counters: Counters::default(),
                 started_at: rfc3339_now(),
                 coordination: None,
+                notifications: None,
             }),
             heartbeat: Mutex::new(Instant::now()),
             stale_after,
             metrics,
             recheck,
             coordinator,
+            notifier,
         };
         (Arc::new(shared), requests)
     }
@@ -125,6 +132,7 @@ impl Shared {
         let mut snapshot = lock(&self.snapshot).clone();
         snapshot.counters = self.metrics.counters();
         snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
+        snapshot.notifications = self.notifier.as_ref().map(Notifier::status);
         snapshot
     }
 

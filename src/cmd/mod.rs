@@ -17,6 +17,7 @@ pub(crate) mod demo;
 pub(crate) mod detect;
 pub(crate) mod emulator;
 pub(crate) mod health;
+pub(crate) mod notify_test;
 pub(crate) mod once;
 pub(crate) mod run;
 

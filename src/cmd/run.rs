@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::detect::Detector;
 use crate::flow::Flow;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::server;
 use crate::sidecar::Sidecar;
 
@@ -26,7 +27,9 @@ pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
     // A recheck waits for a whole round: detection, then verification, perhaps twice over.
     let recheck_timeout = flow.time_limit() * 2 + config.detection.timeout;
     let detector = Detector::new(&config.detection);
-    let (sidecar, shared, rechecks) = Sidecar::new(config.sidecar, detector, flow, metrics);
+    let notifier = Notifier::start(config.notify, Arc::clone(&metrics));
+    let (sidecar, shared, rechecks) =
+        Sidecar::new(config.sidecar, detector, flow, metrics, notifier);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let router = server::routes::router(
         Arc::clone(&shared),

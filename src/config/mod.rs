@@ -5,6 +5,7 @@ mod values;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -12,12 +13,12 @@ use serde::Deserialize;
 use crate::logging::LogFormat;
 use crate::secret::Credentials;
 use crate::state::StateFile;
-use crate::{coord, detect, flow, sendsms, server, sidecar};
+use crate::{coord, detect, flow, notify, sendsms, server, sidecar};
 
 use values::{
     MIN_INTERVAL, parse_api_url, parse_bool, parse_coordination, parse_duration,
-    parse_duration_at_least, parse_families, parse_number, parse_providers, parse_proxy,
-    secret_or_file,
+    parse_duration_at_least, parse_families, parse_heartbeat, parse_notify_events,
+    parse_notify_urls, parse_number, parse_providers, parse_proxy, secret_or_file,
 };
 pub(crate) use values::{host_is_loopback, parse_listen};
 
@@ -73,6 +74,7 @@ pub(crate) struct Config {
     pub(crate) detection: detect::Settings,
     pub(crate) sidecar: sidecar::Settings,
     pub(crate) server: server::Settings,
+    pub(crate) notify: notify::Settings,
     pub(crate) log_format: Option<LogFormat>,
 }
 
@@ -106,6 +108,11 @@ struct RawEnv {
     recheck_allow_remote: Option<String>,
     coordination: Option<String>,
     coordination_lease: Option<String>,
+    notify_urls: Option<String>,
+    notify_urls_file: Option<PathBuf>,
+    notify_events: Option<String>,
+    heartbeat_url: Option<String>,
+    heartbeat_url_file: Option<PathBuf>,
 }
 
 /// Every variable the configuration reads, as the user sets it (`SENDSMS_API_KEY`, ...),
@@ -157,6 +164,13 @@ impl Config {
     }
 }
 
+/// Only the notification settings: `notify-test` runs without credentials.
+pub(crate) fn notify_from_vars(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<notify::Settings, ConfigError> {
+    RawEnv::load(vars)?.notify()
+}
+
 /// Only what detection needs: `detect` runs without credentials.
 pub(crate) fn detection_from_vars(
     vars: impl IntoIterator<Item = (String, String)>,
@@ -198,8 +212,35 @@ impl RawEnv {
         })
     }
 
+    fn notify(&mut self) -> Result<notify::Settings, ConfigError> {
+        let urls = secret_or_file(
+            "notify_urls",
+            self.notify_urls.take(),
+            self.notify_urls_file.take(),
+        )?;
+        let heartbeat = secret_or_file(
+            "heartbeat_url",
+            self.heartbeat_url.take(),
+            self.heartbeat_url_file.take(),
+        )?;
+        let (chosen, not_ready_for) = parse_notify_events(self.notify_events.take())?;
+        Ok(notify::Settings {
+            targets: urls
+                .map(|u| parse_notify_urls(&u))
+                .transpose()?
+                .unwrap_or_default(),
+            chosen,
+            not_ready_for,
+            heartbeat: heartbeat.map(|h| parse_heartbeat(&h)).transpose()?,
+            retry: notify::RETRY,
+            attempts: 5,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
     fn validate(mut self) -> Result<Config, ConfigError> {
         let detection = self.detection()?;
+        let notify = self.notify()?;
         let username =
             secret_or_file("username", self.username, self.username_file)?.ok_or_else(|| {
                 ConfigError::Missing {
@@ -301,6 +342,7 @@ impl RawEnv {
                 )?,
             },
             detection,
+            notify,
             log_format: match self.log_format.as_deref().map(str::trim) {
                 None => None,
                 Some(v) if v.eq_ignore_ascii_case("json") => Some(LogFormat::Json),
@@ -314,7 +356,6 @@ impl RawEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
@@ -477,7 +518,7 @@ mod tests {
     #[test]
     fn the_variable_list_is_read_from_the_code() {
         let vars = variables();
-        assert_eq!(vars.len(), 26, "{vars:?}");
+        assert_eq!(vars.len(), 31, "{vars:?}");
         for name in [
             "SENDSMS_USERNAME",
             "SENDSMS_API_KEY_FILE",

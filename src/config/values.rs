@@ -4,13 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::{ConfigError, invalid, var};
 use crate::coord;
 use crate::detect::ProviderSpec;
 use crate::net::Family;
+use crate::notify::{Heartbeat, Kind, Target};
 use crate::secret::SecretUrl;
 
 /// A value given directly or through `NAME_FILE` (Kubernetes and Docker secrets), never both.
@@ -352,4 +353,100 @@ pub(super) fn parse_families(value: &str) -> Result<Vec<Family>, ConfigError> {
         ));
     }
     Ok(families)
+}
+
+/// `SENDSMS_NOTIFY_URLS`: the webhooks. The value may hold tokens: problems are described by
+/// position, never repeated.
+pub(super) fn parse_notify_urls(list: &SecretString) -> Result<Vec<Target>, ConfigError> {
+    let targets: Vec<Target> = list
+        .expose_secret()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, text)| {
+            Target::parse(text).map_err(|why| {
+                invalid(
+                    "notify_urls",
+                    format!("entry {}: {why}", i + 1),
+                    Target::EXPECTED,
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    if targets.is_empty() {
+        return Err(invalid(
+            "notify_urls",
+            "the list is empty",
+            Target::EXPECTED,
+        ));
+    }
+    Ok(targets)
+}
+
+/// `SENDSMS_HEARTBEAT_URL`: the monitor pinged after each round (a secret, never repeated).
+pub(super) fn parse_heartbeat(url: &SecretString) -> Result<Heartbeat, ConfigError> {
+    Heartbeat::parse(url.expose_secret()).map_err(|why| {
+        invalid(
+            "heartbeat_url",
+            why,
+            "a Healthchecks.io-style ping URL or an Uptime Kuma push URL (http or https)",
+        )
+    })
+}
+
+const EVENTS_EXPECTED: &str = "a comma-separated list of ip_changed, whitelisted, \
+     verification_failed, not_ready_for[=DURATION] (default 5m) and recovered";
+
+/// `SENDSMS_NOTIFY_EVENTS`: the events that go out (all by default) and how long not ready
+/// is worth a `not_ready_for`.
+pub(super) fn parse_notify_events(
+    value: Option<String>,
+) -> Result<(Vec<Kind>, Duration), ConfigError> {
+    let default_wait = Duration::from_secs(5 * 60);
+    let Some(text) = value else {
+        return Ok((Kind::CHOOSABLE.to_vec(), default_wait));
+    };
+    let mut chosen = Vec::new();
+    let mut wait = default_wait;
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, duration) = match item.split_once('=') {
+            Some((name, d)) => (name.trim(), Some(d.trim())),
+            None => (item, None),
+        };
+        let kind = Kind::CHOOSABLE
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                invalid(
+                    "notify_events",
+                    format!("unknown event {name:?}"),
+                    EVENTS_EXPECTED,
+                )
+            })?;
+        match (kind, duration) {
+            (Kind::NotReadyFor, Some(d)) => {
+                wait = parse_duration("notify_events", Some(d.to_owned()), "5m")?;
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "notify_events",
+                    format!("{name} takes no value"),
+                    EVENTS_EXPECTED,
+                ));
+            }
+            _ => {}
+        }
+        if !chosen.contains(&kind) {
+            chosen.push(kind);
+        }
+    }
+    if chosen.is_empty() {
+        return Err(invalid(
+            "notify_events",
+            "the list is empty",
+            EVENTS_EXPECTED,
+        ));
+    }
+    Ok((chosen, wait))
 }

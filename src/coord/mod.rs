@@ -541,16 +541,7 @@ fn millis(d: Duration) -> u64 {
 
 /// Names this member in records and leases: the pod or host name and the process id.
 fn member_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{host}/{}", std::process::id())
+    format!("{}/{}", crate::util::host_name(), std::process::id())
 }
 
 #[cfg(test)]

@@ -144,6 +144,7 @@ mod tests {
             stale_after,
             Arc::new(Metrics::new(None)),
             None,
+            None,
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

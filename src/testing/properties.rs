@@ -1100,6 +1100,28 @@ fn plausible(var: &str) -> (Vec<&'static str>, Vec<&'static str>) {
             vec!["127.0.0.1", "localhost:80", ":9797"],
         ),
         "LOG_FORMAT" => (vec!["json", "TEXT"], vec!["xml"]),
+        "NOTIFY_URLS" => (
+            vec![
+                "https://hooks.slack.com/services/T0/B0/x",
+                "json+https://example.net/hook, discord+https://discord.com/api/webhooks/1/x",
+            ],
+            vec!["ftp://example.net", ",", "slack+", "https://"],
+        ),
+        "NOTIFY_EVENTS" => (
+            vec![
+                "ip_changed",
+                "not_ready_for=10m,recovered",
+                "WHITELISTED, not_ready_for",
+            ],
+            vec!["ip_changed=5m", "everything", ",", "not_ready_for=soon"],
+        ),
+        "HEARTBEAT_URL" => (
+            vec![
+                "https://hc-ping.com/uuid",
+                "http://kuma:3001/api/push/abc?status=up",
+            ],
+            vec!["hc-ping.com/uuid", "gopher://x"],
+        ),
         "COORDINATION" => (
             vec![
                 "none",
@@ -1115,7 +1137,7 @@ fn plausible(var: &str) -> (Vec<&'static str>, Vec<&'static str>) {
             ],
         ),
         d if DURATIONS.contains(&d) => durations,
-        _ => (vec![], vec![]),
+        other => panic!("no plausible values for SENDSMS_{other}: add them to `plausible`"),
     }
 }
 
@@ -1151,6 +1173,10 @@ enum SecretAt {
         host: &'static str,
     },
     ApiUrlPassword,
+    /// A webhook's token, in its path.
+    NotifyUrl,
+    /// A heartbeat's token, in its path.
+    HeartbeatUrl,
 }
 
 #[derive(Clone, Debug)]
@@ -1185,6 +1211,8 @@ fn env_case() -> impl Strategy<Value = EnvCase> {
         )
             .prop_map(|(scheme, host)| SecretAt::ProxyPassword { scheme, host }),
         Just(SecretAt::ApiUrlPassword),
+        Just(SecretAt::NotifyUrl),
+        Just(SecretAt::HeartbeatUrl),
     ];
     (settings, "[A-Za-z0-9]{16,24}", at).prop_map(|(settings, secret, at)| EnvCase {
         settings,
@@ -1221,6 +1249,11 @@ impl EnvCase {
                 "BOOTSTRAP_PROXY",
                 format!("{scheme}://proxyuser:{secret}@{host}"),
             ),
+            SecretAt::NotifyUrl => (
+                "NOTIFY_URLS",
+                format!("https://hooks.slack.com/services/{secret}, ftp://x/{secret}"),
+            ),
+            SecretAt::HeartbeatUrl => ("HEARTBEAT_URL", format!("hc-ping.com/{secret}")),
             SecretAt::ApiUrlPassword => (
                 "API_URL",
                 format!("https://user:{secret}@api.sendsms.ro/json"),
@@ -1291,6 +1324,11 @@ fn config_never_panics_names_the_culprit_and_never_leaks_a_secret() {
                 SecretAt::ApiUrlPassword => {
                     return Err(TestCaseError::fail(
                         "an API URL with a password was accepted",
+                    ));
+                }
+                SecretAt::NotifyUrl | SecretAt::HeartbeatUrl => {
+                    return Err(TestCaseError::fail(
+                        "an unusable webhook or heartbeat URL was accepted",
                     ));
                 }
             }

@@ -33,6 +33,20 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* Pod labels of the gateway workloads (daemonset, deployment modes). */}}
+{{- define "sendsms-whitelister.gatewaySelectorLabels" -}}
+{{ include "sendsms-whitelister.selectorLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "sendsms-whitelister.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "sendsms-whitelister.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Pod labels of the example workload; also the default metrics Service selector. */}}
 {{- define "sendsms-whitelister.exampleSelectorLabels" -}}
 {{ include "sendsms-whitelister.selectorLabels" . }}
@@ -50,7 +64,8 @@ app.kubernetes.io/component: example
 {{/*
 Native sidecars are GA in 1.33 and on by default since 1.29. An older kubelet or API server
 drops `restartPolicy` from the init container; `run` then never exits and the pod hangs in
-Init. Refuse to render that instead.
+Init. Refuse to render that instead. Only the API server's version is known here: kubelets
+may trail it by up to three minor versions (docs/deploy.md, "Kubelet version skew").
 */}}
 {{- define "sendsms-whitelister.checkKubeVersion" -}}
 {{- if and .Values.sidecar.native (semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version) -}}
@@ -109,7 +124,7 @@ pod is rendered, and from the env template.
       name: {{ .Values.credentials.existingSecret }}
       key: {{ .Values.credentials.apiKeyKey }}
 - name: SENDSMS_LISTEN
-  value: {{ printf "0.0.0.0:%d" (int .Values.sidecar.port) | quote }}
+  value: {{ printf "%s:%d" .Values.sidecar.listenAddress (int .Values.sidecar.port) | quote }}
 {{- with $c.apiUrl }}
 - name: SENDSMS_API_URL
   value: {{ . | quote }}
@@ -175,25 +190,82 @@ pod is rendered, and from the env template.
 {{- end }}
 {{- end -}}
 
-{{/* The container both modes share; called with (dict "ctx" . "name" NAME "args" LIST). */}}
+{{/*
+The container every mode shares; called with (dict "ctx" . "name" NAME "args" LIST "gateway"
+BOOL). "gateway" true: the long-running `run`, which serves the gateway when it is on.
+*/}}
 {{- define "sendsms-whitelister.containerBase" -}}
 {{- $v := .ctx.Values -}}
+{{- $gateway := and .gateway (include "sendsms-whitelister.gatewayOn" .ctx) -}}
+{{- $token := and $gateway $v.gateway.tokenSecret -}}
 name: {{ .name }}
 image: {{ include "sendsms-whitelister.image" .ctx | quote }}
 imagePullPolicy: {{ $v.image.pullPolicy }}
 args: {{ toJson .args }}
 env:
   {{- include "sendsms-whitelister.env" .ctx | trim | nindent 2 }}
+  {{- with $v.extraCA.configMap }}
+  - name: SENDSMS_EXTRA_CA_FILE
+    value: {{ printf "/etc/sendsms-whitelister/ca/%s" $v.extraCA.key | quote }}
+  {{- end }}
+  {{- if .gateway }}
+  {{- with $v.notifications }}
+  {{- if .urlsSecret }}
+  - name: SENDSMS_NOTIFY_URLS_FILE
+    value: /run/secrets/sendsms-notify/urls
+  {{- end }}
+  {{- with .events }}
+  - name: SENDSMS_NOTIFY_EVENTS
+    value: {{ . | quote }}
+  {{- end }}
+  {{- if .heartbeatSecret }}
+  - name: SENDSMS_HEARTBEAT_URL_FILE
+    value: /run/secrets/sendsms-heartbeat/url
+  {{- end }}
+  {{- end }}
+  {{- end }}
+  {{- if $gateway }}
+  - name: SENDSMS_GATEWAY_LISTEN
+    value: {{ printf "%s:%d" (include "sendsms-whitelister.gatewayAddress" .ctx) (int $v.gateway.port) | quote }}
+  - name: SENDSMS_GATEWAY_HOLD
+    value: {{ $v.gateway.hold | quote }}
+  {{- if $token }}
+  - name: SENDSMS_GATEWAY_TOKEN_FILE
+    value: /run/secrets/sendsms-gateway/token
+  {{- end }}
+  {{- end }}
 resources:
   {{- toYaml $v.resources | nindent 2 }}
 securityContext:
   {{- toYaml $v.securityContext | nindent 2 }}
 {{- $fleetDir := eq $v.config.coordination.mode "file" }}
-{{- if or $v.stateFile.enabled $fleetDir }}
+{{- $notify := and .gateway $v.notifications.urlsSecret }}
+{{- $heartbeat := and .gateway $v.notifications.heartbeatSecret }}
+{{- if or $v.stateFile.enabled $fleetDir $token $notify $heartbeat $v.extraCA.configMap }}
 volumeMounts:
 {{- if $v.stateFile.enabled }}
   - name: {{ $v.stateFile.volumeName }}
     mountPath: {{ $v.stateFile.mountPath }}
+{{- end }}
+{{- if $token }}
+  - name: sendsms-gateway-token
+    mountPath: /run/secrets/sendsms-gateway
+    readOnly: true
+{{- end }}
+{{- if $notify }}
+  - name: sendsms-notify
+    mountPath: /run/secrets/sendsms-notify
+    readOnly: true
+{{- end }}
+{{- if $heartbeat }}
+  - name: sendsms-heartbeat
+    mountPath: /run/secrets/sendsms-heartbeat
+    readOnly: true
+{{- end }}
+{{- if $v.extraCA.configMap }}
+  - name: sendsms-extra-ca
+    mountPath: /etc/sendsms-whitelister/ca
+    readOnly: true
 {{- end }}
 {{- if $fleetDir }}
   - name: {{ $v.config.coordination.file.volumeName }}
@@ -202,11 +274,69 @@ volumeMounts:
 {{- end }}
 {{- end -}}
 
-{{- define "sendsms-whitelister.statusPort" -}}
+{{/* "true" when the gateway runs: always in daemonset and deployment modes. */}}
+{{- define "sendsms-whitelister.gatewayOn" -}}
+{{- if or (ne .Values.mode "sidecar") .Values.gateway.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* In a pod next to the app, the gateway takes loopback callers only. */}}
+{{- define "sendsms-whitelister.gatewayAddress" -}}
+{{- if eq .Values.mode "sidecar" }}127.0.0.1{{ else }}{{ .Values.sidecar.listenAddress }}{{ end -}}
+{{- end -}}
+
+{{/* ports of the long-running container; called with (dict "ctx" . "gateway" BOOL). */}}
+{{- define "sendsms-whitelister.ports" -}}
 ports:
   - name: sendsms-status
-    containerPort: {{ .Values.sidecar.port }}
+    containerPort: {{ .ctx.Values.sidecar.port }}
     protocol: TCP
+{{- if and .gateway (include "sendsms-whitelister.gatewayOn" .ctx) }}
+  - name: sendsms-gateway
+    containerPort: {{ .ctx.Values.gateway.port }}
+    protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* A duration value (90s, 2m, 1h30m; the schema's form) in seconds, as a float. */}}
+{{- define "sendsms-whitelister.seconds" -}}
+{{- $units := dict "ns" 0.000000001 "us" 0.000001 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(ns|us|ms|s|m|h|d)" (toString .) -1 -}}
+{{- $n := regexFind "^[0-9]+" . | float64 -}}
+{{- $total = addf $total (mulf $n (get $units (regexReplaceAll "^[0-9]+" . ""))) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+The native sidecar's startup probe holds the app back until the first verification: its
+budget must outlast detection (requestTimeout) and verification (verifyTimeout), and, when
+coordinated, two leases, as long as a member may wait for the holder's record. A smaller
+budget makes the kubelet kill the sidecar mid-verification, again and again.
+*/}}
+{{- define "sendsms-whitelister.checkStartupBudget" -}}
+{{- $v := .Values -}}
+{{- $p := $v.probes.startup -}}
+{{- $budget := mul $p.periodSeconds $p.failureThreshold -}}
+{{- $need := addf (include "sendsms-whitelister.seconds" $v.config.requestTimeout) (include "sendsms-whitelister.seconds" $v.config.verifyTimeout) -}}
+{{- $why := printf "config.requestTimeout (%s) + config.verifyTimeout (%s)" $v.config.requestTimeout $v.config.verifyTimeout -}}
+{{- if ne $v.config.coordination.mode "none" -}}
+{{- $need = addf $need (mulf 2 (include "sendsms-whitelister.seconds" $v.config.coordination.lease)) -}}
+{{- $why = printf "%s + 2 x config.coordination.lease (%s)" $why $v.config.coordination.lease -}}
+{{- end -}}
+{{- if lt (float64 $budget) (float64 $need) -}}
+{{- fail (printf "sendsms-whitelister: the startup probe's budget, probes.startup.periodSeconds x failureThreshold = %ds, is below %s = %.0fs: the kubelet would restart the sidecar before its first verification can end. Raise probes.startup.failureThreshold to at least %d" (int $budget) $why (float64 $need) (int (ceil (divf $need $p.periodSeconds)))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Mode rules the schema cannot state: a gateway reachable from other pods needs a token.
+Called from templates/validate.yaml, so they hold whatever else renders.
+*/}}
+{{- define "sendsms-whitelister.checkMode" -}}
+{{- if and (ne .Values.mode "sidecar") (not .Values.gateway.tokenSecret) -}}
+{{- fail (printf "sendsms-whitelister: mode=%s serves the gateway to other pods and needs gateway.tokenSecret, the name of an existing Secret with the token under the key `token` (kubectl create secret generic sendsms-gateway --from-literal=token=$(openssl rand -hex 32))" .Values.mode) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "sendsms-whitelister.probe" -}}
@@ -218,13 +348,18 @@ timeoutSeconds: {{ .probe.timeoutSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
 {{- end -}}
 
-{{/* readinessProbe and livenessProbe of the long-running container, both modes. */}}
+{{/*
+readinessProbe and livenessProbe of the long-running container. Gateway modes probe
+/healthz for readiness: a gateway still verifying accepts calls and holds them, where a
+NotReady one would leave its Service (on its node, with internalTrafficPolicy: Local)
+without an endpoint.
+*/}}
 {{- define "sendsms-whitelister.runProbes" -}}
 {{- $p := .Values.probes -}}
 {{- $port := .Values.sidecar.port -}}
 {{- if $p.readiness.enabled }}
 readinessProbe:
-  {{- include "sendsms-whitelister.probe" (dict "path" "/readyz" "port" $port "probe" $p.readiness) | nindent 2 }}
+  {{- include "sendsms-whitelister.probe" (dict "path" (ternary "/readyz" "/healthz" (eq .Values.mode "sidecar")) "port" $port "probe" $p.readiness) | nindent 2 }}
 {{- end }}
 {{- if $p.liveness.enabled }}
 livenessProbe:
