@@ -16,12 +16,10 @@ use crate::sidecar::Sidecar;
 
 pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
     let listen = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| Error::Bind {
-            what: format!("SENDSMS_LISTEN={listen}"),
-            source,
-        })?;
+    let listener = server::bind(listen).map_err(|source| Error::Bind {
+        what: format!("SENDSMS_LISTEN={listen}"),
+        source,
+    })?;
     let metrics = Arc::new(Metrics::new(config.flow.coordination.mode.name()));
     let flow = Flow::new(&config.flow, Arc::clone(&metrics))?;
     // A recheck waits for a whole round: detection, then verification, perhaps twice over.
@@ -36,7 +34,14 @@ pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
         config.server.recheck_allow_remote,
         recheck_timeout,
     );
+    // A few probes, Prometheus and the app's rechecks: 256 connections leave room for them all,
+    // and bound a flood's memory to about 6 MiB of buffers.
+    let limits = server::Limits {
+        max_connections: 256,
+        ..server::Limits::default()
+    };
     let server = server::Server::new(router)
+        .limits(limits)
         .liveness(server::routes::liveness(Arc::clone(&shared)))
         .serve(listener, async move {
             let _ = server_stopped.await;

@@ -385,10 +385,16 @@ impl Coordinator {
     ) -> Coordinated<T, E> {
         let started = Instant::now();
         let mut polls = POLL.delays();
+        let busy = || Coordinated::PeerBusy {
+            holder: self.lock().lease_holder.clone().unwrap_or_default(),
+            waited: started.elapsed(),
+        };
         loop {
             match self.fresh_record(ip, not_before_ms).await {
                 Ok(Some(record)) => return Coordinated::Peer(record),
                 Ok(None) => {}
+                // Out of time is not a store failure: acting alone now would be too late.
+                Err(StoreError::Deadline) => return busy(),
                 Err(_) => return Coordinated::StoreDown,
             }
             match self.observe(self.store.try_lease(ip, &self.member, self.lease_ttl).await) {
@@ -408,18 +414,16 @@ impl Coordinator {
                     }
                     self.lock().lease_holder = Some(holder);
                 }
+                Err(StoreError::Deadline) => return busy(),
                 Err(_) => return Coordinated::StoreDown,
             }
-            let now = Instant::now();
-            let give_up = deadline::clamp(started + self.wait_limit);
-            if now >= give_up {
-                return Coordinated::PeerBusy {
-                    holder: self.lock().lease_holder.clone().unwrap_or_default(),
-                    waited: started.elapsed(),
-                };
+            // The next look must fit before giving up (the wait limit or the deadline in
+            // force), with time left for the store to answer it.
+            let next = Instant::now() + polls.next().unwrap_or(POLL.max);
+            if next >= deadline::clamp(started + self.wait_limit) {
+                return busy();
             }
-            let pause = polls.next().unwrap_or(POLL.max);
-            tokio::time::sleep_until((now + pause).min(give_up)).await;
+            tokio::time::sleep_until(next).await;
         }
     }
 

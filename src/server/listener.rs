@@ -6,9 +6,10 @@
 //!   `max_per_peer` of them from one non-loopback address (one pod cannot take them all);
 //! - **liveness**: when the main lane is full, a peer that holds no main-lane connection (a
 //!   kubelet probe, not a flooder) gets one short connection that only answers the liveness
-//!   router (`/healthz`), with a one-second header timeout and no keep-alive. A peer that
-//!   already holds main-lane connections is what is filling them, and is closed instead
-//!   (loopback peers, the pod itself, may always try it).
+//!   router (`/healthz`), with a one-second header timeout and no keep-alive; one at a time
+//!   per address, so a few flooding addresses cannot fill it. A peer that already holds
+//!   main-lane connections is what is filling them, and is closed instead (loopback peers,
+//!   the pod itself, may always try it).
 //!
 //! In both lanes hyper enforces the header read timeout (which also closes an idle kept-alive
 //! connection: hyper starts it whenever it waits for a request head), the header size and
@@ -76,8 +77,23 @@ const LIVENESS_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 const LIVENESS_BUFFER: usize = 8192;
 /// Descriptors kept free for everything else the process opens (API calls, the store, files).
 const RESERVED_DESCRIPTORS: usize = 64;
+/// Connections the kernel may queue before they are accepted: a flood of connections that are
+/// closed at once must not crowd out a probe's handshake (tokio's default is 1,024; the kernel
+/// caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
 /// After an accept error (out of descriptors, say), wait before accepting again instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Binds `addr` for a [`Server`], with a deep accept queue (`BACKLOG`).
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// One server: its router, its limits and, optionally, the liveness router served when full.
 pub(crate) struct Server {
@@ -95,7 +111,6 @@ impl Server {
         }
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -136,6 +151,7 @@ impl Server {
             slots: Arc::new(Semaphore::new(LIVENESS_CONNECTIONS)),
         });
         let peers = Arc::new(Peers::default());
+        let probing = Arc::new(Peers::default());
         let (stop, stopping) = watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut connections = tokio::task::JoinSet::new();
@@ -160,10 +176,10 @@ impl Server {
                 None
             } else if let Ok(permit) = Arc::clone(&main.slots).try_acquire_owned() {
                 Some((&main, permit, Some(peers.enter(peer_ip))))
-            } else if held == 0 || local {
+            } else if (held == 0 || local) && probing.held(peer_ip) == 0 {
                 liveness.as_ref().and_then(|lane| {
                     let permit = Arc::clone(&lane.slots).try_acquire_owned().ok()?;
-                    Some((lane, permit, None))
+                    Some((lane, permit, Some(probing.enter(peer_ip))))
                 })
             } else {
                 None
@@ -242,7 +258,7 @@ impl Lane {
     }
 }
 
-/// Main-lane connections per peer address.
+/// Connections per peer address in one lane.
 #[derive(Default)]
 struct Peers(Mutex<HashMap<IpAddr, usize>>);
 
@@ -260,7 +276,7 @@ impl Peers {
     }
 }
 
-/// One main-lane connection of a peer, counted while it lives.
+/// One connection of a peer in a lane, counted while it lives.
 struct Ticket {
     peers: Arc<Peers>,
     ip: IpAddr,

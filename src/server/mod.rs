@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 
-pub(crate) use listener::Server;
+pub(crate) use listener::{Limits, Server, bind};
 
 /// What the status server needs from the configuration.
 #[derive(Clone, Debug)]

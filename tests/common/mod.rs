@@ -464,6 +464,11 @@ pub async fn api_requests(emu: &Emulator) -> u64 {
 }
 
 impl Sidecar {
+    /// The process id, to read its memory or signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// SIGKILL: no clean-up at all, as when a node dies.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
@@ -495,6 +500,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The server's process id, to stop and continue it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).expect("running")
     }
 
     pub async fn stop(&mut self) {
