@@ -158,7 +158,11 @@ impl FloodNet {
 impl Drop for FloodNet {
     fn drop(&mut self) {
         for (what, name) in [("netns", &self.namespace), ("link", &self.host_link)] {
-            let _ = Command::new("ip").args([what, "del", name]).status();
+            // Deleting the namespace takes the veth pair with it: the second may find nothing.
+            let _ = Command::new("ip")
+                .args([what, "del", name])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
