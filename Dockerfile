@@ -25,9 +25,11 @@ RUN scripts/build-release.sh --setup "$TARGETARCH"
 # Dependency layer: build every dependency against stub sources, so that editing src/
 # does not recompile the dependency graph. Only Cargo.toml and Cargo.lock invalidate it.
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir src \
+# The tests' harness is a workspace member: cargo reads its manifest even to build the binary.
+COPY tests/harness/Cargo.toml tests/harness/
+RUN mkdir -p src tests/harness/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs tests/harness/src/lib.rs \
     && scripts/build-release.sh --build "$TARGETARCH" \
     && rm -rf src target/*/release/.fingerprint/sendsms-whitelister-*
 

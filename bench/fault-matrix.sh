@@ -21,17 +21,20 @@ FAULT_MATRIX_RUN_OUT="$out/run.md" cargo test --locked -q --test netns run_fault
   echo
   echo "## \`once\`: 20 runs per scenario"
   echo
-  echo "Each run starts a fresh emulator on loopback; \`SENDSMS_VERIFY_TIMEOUT=15s\` unless the scenario"
-  echo "needs longer (100 s for a minute of rate limiting, 40 s for a 10 s propagation delay),"
-  echo "\`SENDSMS_REQUEST_TIMEOUT=2s\`, the bootstrap path bound to 127.0.0.2. Exit codes: 0 verified,"
-  echo "4 the API refused the bootstrap path, 5 not verified in time or the API unreachable. The 280"
-  echo "runs execute 48 at a time, so the times include the contention of that many processes."
+  echo "Each run starts a fresh emulator (a child process) on loopback; \`SENDSMS_VERIFY_TIMEOUT=15s\`"
+  echo "unless the scenario needs longer (100 s for a minute of rate limiting, 40 s for a 10 s"
+  echo "propagation delay, 600 s for the rows of random faults, which then cannot fail by chance),"
+  echo "the default \`SENDSMS_REQUEST_TIMEOUT\` of 10 s, the bootstrap path bound to 127.0.0.2. Exit"
+  echo "codes: 0 verified, 4 the API refused the bootstrap path, 5 not verified in time or the API"
+  echo "unreachable. The runs execute 32 at a time (those that mostly wait first), so the times"
+  echo "include the contention of that many processes."
   echo
   cat "$out/once.md"
   echo
   echo "An unknown status code is treated as a permanent error, never as success: when it answers"
-  echo "\`token_add_ip\` the run ends with 4, when it answers a verification read, with 5; a sidecar"
-  echo "(\`run\`) retries either with backoff."
+  echo "\`token_add_ip\` the run ends with 4, when it answers a verification read, with 5 (each run's"
+  echo "code is checked against what the emulator accepted); on every answer (the last row) it is"
+  echo "always 4. A sidecar (\`run\`) retries either with backoff."
   echo
   echo "## \`run\`: the first whitelisting and three real egress IP changes per scenario"
   echo

@@ -1,11 +1,9 @@
 //! Fleets behind one egress IP: one whitelist write for all, a fleet-wide API budget, and no
 //! outage when the coordination store or the lease holder dies.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Emulator, RedisServer, Sidecar, SwitchableEcho, api_requests, with};
+use harness::{Emulator, Env, KEY, RedisServer, Sidecar, SwitchableEcho, run, secret, with};
 use serde_json::Value;
 
 /// The account's real limit: 10 unbilled calls in any minute, so no member may be throttled.
@@ -17,7 +15,7 @@ async fn rate_limited_emulator(extra: &[&str]) -> Emulator {
     Emulator::start(&args).await
 }
 
-fn member_env(emu: &Emulator, coordination: &str) -> Vec<(String, String)> {
+fn member_env(emu: &Emulator, coordination: &str) -> Env {
     with(
         emu.env(),
         &[
@@ -29,7 +27,7 @@ fn member_env(emu: &Emulator, coordination: &str) -> Vec<(String, String)> {
     )
 }
 
-async fn start_fleet(size: usize, env: &[(String, String)]) -> Vec<Sidecar> {
+async fn start_fleet(size: usize, env: &Env) -> Vec<Sidecar> {
     let mut fleet = Vec::with_capacity(size);
     for _ in 0..size {
         fleet.push(Sidecar::start(env).await);
@@ -45,8 +43,11 @@ async fn all_ready(fleet: &[Sidecar], since: Instant, within: Duration) -> Durat
     since.elapsed()
 }
 
+/// A coordination counter from `/status`; panics when it is missing.
 fn counter(status: &Value, name: &str) -> u64 {
-    status["coordination"][name].as_u64().unwrap_or(0)
+    status["coordination"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no coordination counter {name} in {status}"))
 }
 
 async fn sum_counter(fleet: &[Sidecar], name: &str) -> u64 {
@@ -71,32 +72,34 @@ async fn lease_holder(fleet: &[Sidecar]) -> usize {
     }
 }
 
-async fn token_calls(emu: &Emulator) -> (u64, u64) {
-    let state = emu.state().await;
-    (
-        api_requests(emu).await,
-        state["rate_limited_requests"].as_u64().unwrap_or(u64::MAX),
-    )
-}
-
-/// The whole fleet's one write: at most list, add, list; no member throttled.
+/// The whole fleet's one write: at most list, add, list; no member throttled; one member took
+/// the lease and every other became ready from its record (however often it read one).
 async fn assert_one_write(emu: &Emulator, fleet: &[Sidecar], label: &str) {
-    let (calls, throttled) = token_calls(emu).await;
+    let calls = emu.api_requests().await;
     assert!(
         calls <= 3,
         "{label}: {calls} sendSMS calls for the fleet, expected at most 3"
     );
+    let throttled = emu.rate_limited().await;
     assert_eq!(
         throttled, 0,
         "{label}: the emulator rate-limited {throttled} calls"
     );
-    assert_eq!(
-        sum_counter(fleet, "leases_taken").await,
-        1,
-        "{label}: one lease holder"
-    );
     let (accepted, refused) = emu.requests(0, "token_add_ip").await;
     assert!(accepted + refused <= 1, "{label}: one token_add_ip");
+    let mut holders = 0;
+    for (index, member) in fleet.iter().enumerate() {
+        let status = member.status().await;
+        match counter(&status, "leases_taken") {
+            0 => assert!(
+                counter(&status, "records_read") >= 1,
+                "{label}: member {index} became ready without the shared record: {status}"
+            ),
+            1 => holders += 1,
+            _ => panic!("{label}: member {index} took the lease again: {status}"),
+        }
+    }
+    assert_eq!(holders, 1, "{label}: one lease holder");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,11 +113,6 @@ async fn a_fleet_of_100_on_redis_whitelists_once_and_all_become_ready() {
     let took = all_ready(&fleet, started, Duration::from_secs(120)).await;
     eprintln!("FIGURE redis fleet of 100: all ready {took:.2?} after the first start");
     assert_one_write(&emu, &fleet, "redis fleet of 100").await;
-    assert_eq!(
-        sum_counter(&fleet, "records_read").await,
-        99,
-        "every other member became ready from the shared record"
-    );
     let status = fleet[0].status().await;
     assert_eq!(status["coordination"]["mode"], "redis");
     assert_eq!(status["coordination"]["store_up"], true);
@@ -146,39 +144,60 @@ async fn a_fleet_of_20_on_one_host_shares_a_directory() {
     let took = all_ready(&fleet, started, Duration::from_secs(60)).await;
     eprintln!("FIGURE file fleet of 20: all ready {took:.2?} after the first start");
     assert_one_write(&emu, &fleet, "file fleet of 20").await;
-    assert_eq!(sum_counter(&fleet, "records_read").await, 19);
     let files: Vec<String> = std::fs::read_dir(dir.path().join("fleet"))
         .expect("fleet dir")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     assert!(
-        files.iter().all(|f| !f.contains(common::KEY)),
+        files.iter().all(|f| !f.contains(KEY)),
         "file names carry a fingerprint, never the key: {files:?}"
     );
     for file in &files {
         let body = std::fs::read_to_string(dir.path().join("fleet").join(file)).unwrap_or_default();
-        assert!(!body.contains(common::KEY), "{file} holds the key");
+        assert!(!body.contains(KEY), "{file} holds the key");
     }
 }
+
+/// Waits until the lease holder's add has reached the emulator: from then on the holder is
+/// verifying for PROPAGATION, so whatever a test does to it next happens mid-verify.
+async fn holder_has_added(emu: &Emulator) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emu.requests(0, "token_add_ip").await != (1, 0) {
+        assert!(Instant::now() < deadline, "the lease holder never added");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts that no proof ever succeeded: a stopped holder was stopped before it verified.
+async fn never_proven(emu: &Emulator) {
+    assert_eq!(
+        emu.requests(0, "token_list_ips").await.0,
+        0,
+        "the holder was stopped after it verified, not mid-verify"
+    );
+}
+
+/// How long an added address takes to work: far longer than a test needs to stop the holder
+/// once its add is seen (one emulator poll), even on a loaded machine.
+const PROPAGATION: &str = "8000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_the_lease_holder_is_killed_mid_verify_another_member_finishes() {
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    // The add takes 3 s to reach the API's edge, so the holder is caught verifying.
-    let emu = rate_limited_emulator(&["--propagation-delay", "3000"]).await;
+    let emu = rate_limited_emulator(&["--propagation-delay", PROPAGATION]).await;
+    // A survivor holding the lease renews it every third of it: only a stall of two thirds
+    // (nearly 7 s) could let a second survivor take it, where 2 s let a loaded machine do so.
     let env = with(
         member_env(&emu, &redis.url()),
-        &[("SENDSMS_COORDINATION_LEASE", "2s")],
+        &[("SENDSMS_COORDINATION_LEASE", "10s")],
     );
     let mut fleet = start_fleet(5, &env).await;
     let holder = lease_holder(&fleet).await;
-    assert!(
-        !fleet[holder].ready().await,
-        "the holder is still verifying"
-    );
+    holder_has_added(&emu).await;
     fleet[holder].kill().await;
+    never_proven(&emu).await;
     let killed = fleet.remove(holder);
     let started = Instant::now();
     let took = all_ready(&fleet, started, Duration::from_secs(60)).await;
@@ -188,8 +207,7 @@ async fn when_the_lease_holder_is_killed_mid_verify_another_member_finishes() {
         1,
         "exactly one survivor took over the expired lease"
     );
-    let (_, throttled) = token_calls(&emu).await;
-    assert_eq!(throttled, 0);
+    assert_eq!(emu.rate_limited().await, 0);
     drop(killed);
 }
 
@@ -199,7 +217,7 @@ async fn a_lease_holder_stopped_by_sigterm_hands_the_lease_back() {
         return;
     };
     // No call budget in the way: the proofs during propagation are not what is tested here.
-    let emu = Emulator::bastioned(&["--propagation-delay", "3000"]).await;
+    let emu = Emulator::bastioned(&["--propagation-delay", PROPAGATION]).await;
     // A lease far longer than the wait below: only a handed-back lease lets the others on.
     let env = with(
         member_env(&emu, &redis.url()),
@@ -210,12 +228,10 @@ async fn a_lease_holder_stopped_by_sigterm_hands_the_lease_back() {
     );
     let mut fleet = start_fleet(3, &env).await;
     let holder = lease_holder(&fleet).await;
-    assert!(
-        !fleet[holder].ready().await,
-        "the holder is still verifying"
-    );
-    let (code, _) = fleet.remove(holder).terminate().await;
-    assert_eq!(code, 0);
+    holder_has_added(&emu).await;
+    let stopped = fleet.remove(holder).terminate().await;
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+    never_proven(&emu).await;
     all_ready(&fleet, Instant::now(), Duration::from_secs(30)).await;
     assert_eq!(
         sum_counter(&fleet, "leases_taken").await,
@@ -335,26 +351,27 @@ async fn an_ip_change_seen_by_the_whole_fleet_is_one_write() {
         2,
         "one write for the new IP, for the whole fleet"
     );
-    let (_, throttled) = token_calls(&emu).await;
-    assert_eq!(throttled, 0);
+    assert_eq!(emu.rate_limited().await, 0);
 }
 
 #[tokio::test]
 async fn a_store_down_at_start_is_no_outage_and_its_password_is_never_shown() {
-    const PASSWORD: &str = "r3dis-pa55word-91c";
+    let password = secret("r3dis-pa55word-91c");
     let emu = Emulator::bastioned(&[]).await;
     // Nothing listens on the port: the store is down from the first moment.
-    let closed = common::free_port();
-    let url = format!("redis://:{PASSWORD}@127.0.0.1:{closed}/0");
+    let closed = harness::free_port();
+    let url = format!("redis://:{password}@127.0.0.1:{closed}/0");
     let member = Sidecar::start(&member_env(&emu, &url)).await;
     member.wait_readyz(200, Duration::from_secs(30)).await;
     let status = member.status().await;
     assert_eq!(status["coordination"]["store_up"], false, "{status}");
     assert!(counter(&status, "fallbacks") >= 1, "{status}");
     let (_, metrics) = member.get("/metrics").await;
+    // The output, /status and /metrics are checked for the password, a registered secret,
+    // by the harness already; checked here too, by name.
     for shown in [status.to_string(), metrics, member.output()] {
         assert!(
-            !shown.contains(PASSWORD),
+            !shown.contains(&password),
             "the Redis password was shown: {shown}"
         );
     }
@@ -365,17 +382,17 @@ async fn a_store_down_at_start_is_no_outage_and_its_password_is_never_shown() {
         "{status}"
     );
 
-    let bad = common::run(
+    let bad = run(
         &["once"],
         &with(
             member_env(&emu, "memcached://x"),
-            &[("SENDSMS_API_KEY", common::KEY)],
+            &[("SENDSMS_API_KEY", KEY)],
         ),
     )
     .await;
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("SENDSMS_COORDINATION"), "{bad:?}");
-    let relative = common::run(&["once"], &member_env(&emu, "file:relative/dir")).await;
+    let relative = run(&["once"], &member_env(&emu, "file:relative/dir")).await;
     assert_eq!(relative.code, 2, "{relative:?}");
     assert!(relative.stderr.contains("absolute"), "{relative:?}");
 }
@@ -385,15 +402,15 @@ async fn once_in_a_coordinated_fleet_takes_a_fresh_record_without_any_call() {
     let emu = Emulator::bastioned(&[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let env = member_env(&emu, &format!("file:{}", dir.path().display()));
-    let first = common::run(&["once"], &env).await;
+    let first = run(&["once"], &env).await;
     assert_eq!(first.code, 0, "{first:?}");
-    let after_first = api_requests(&emu).await;
+    let after_first = emu.api_requests().await;
     assert!(after_first <= 3, "{after_first} calls");
-    let second = common::run(&["once"], &env).await;
+    let second = run(&["once"], &env).await;
     assert_eq!(second.code, 0, "{second:?}");
     assert!(
         second.stdout.contains("verified by fleet member"),
         "{second:?}"
     );
-    assert_eq!(api_requests(&emu).await, after_first, "the record answered");
+    assert_eq!(emu.api_requests().await, after_first, "the record answered");
 }

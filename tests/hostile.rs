@@ -4,17 +4,15 @@
 //! the clock cases run the binary under libfaketime (`faketime`). Tools or root missing: the
 //! tests say NOT RUN, and fail in CI.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
-    Emulator, KEY, RedisServer, Sidecar, USERNAME, api_requests, raw_server, require_tool, run,
-    with,
+use harness::{
+    Emulator, KEY, RedisServer, Sidecar, USERNAME, assert_clean, binary, free_port, raw_server,
+    require_root, require_tool, run, secret, with,
 };
 
 /// What the store and the state file call this account and key (`secret::Credentials::fingerprint`).
@@ -56,19 +54,6 @@ fn env_for(emu: &Emulator, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     )
 }
 
-fn root_or_not_run(what: &str) -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
-        let message = format!("{what} needs root");
-        assert!(std::env::var_os("CI").is_none(), "{message}");
-        eprintln!("NOT RUN: {message}");
-    }
-    root
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. A flood of slowloris and oversized headers from another host.
 
@@ -89,7 +74,7 @@ const RECONNECT: Duration = Duration::from_secs(1);
 impl FloodNet {
     fn create(subnet: u8) -> Option<FloodNet> {
         require_tool("ip")?;
-        if !root_or_not_run("the flood from another network namespace") {
+        if !require_root() {
             return None;
         }
         let id = format!("{}h{subnet}", std::process::id() % 10_000);
@@ -304,7 +289,7 @@ async fn a_flood_of_half_sent_and_oversized_requests_from_another_host_is_bounde
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     let emu = emulator(true, &[]).await;
-    let listen: SocketAddr = format!("{}:{}", net.addr(1), common::free_port())
+    let listen: SocketAddr = format!("{}:{}", net.addr(1), free_port())
         .parse()
         .expect("listen");
     let sidecar = Sidecar::start_with(&[], &env_for(&emu, &[]), listen).await;
@@ -396,7 +381,7 @@ async fn a_flood_of_half_sent_and_oversized_requests_from_another_host_is_bounde
         report.half_sent_open_max < Duration::from_millis(6500),
         "a half-sent request outlived the 5 s header timeout:\n{table}"
     );
-    let _ = sidecar.terminate().await;
+    assert_eq!(sidecar.terminate().await.code, 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -518,7 +503,7 @@ async fn timestamps_from_the_future_in_files_and_records_are_not_believed() {
         );
         let output = sidecar.output();
         assert!(output.contains("dated in the future"), "{output}");
-        let (code, _) = sidecar.terminate().await;
+        let code = sidecar.terminate().await.code;
         assert_eq!(code, 0, "verified_at {verified_at}");
     }
 
@@ -533,7 +518,7 @@ async fn timestamps_from_the_future_in_files_and_records_are_not_believed() {
         "expires_at_ms": now_ms() + 3_600_000,
     });
     std::fs::write(&record, forged.to_string()).expect("record");
-    let calls = api_requests(&emu).await;
+    let calls = emu.api_requests().await;
     let env = env_for(
         &emu,
         &[(
@@ -545,7 +530,7 @@ async fn timestamps_from_the_future_in_files_and_records_are_not_believed() {
     assert_eq!(ran.code, 0, "{ran:?}");
     assert!(!ran.stdout.contains("verified by fleet member"), "{ran:?}");
     assert!(
-        api_requests(&emu).await > calls,
+        emu.api_requests().await > calls,
         "proven, not taken from the record"
     );
 }
@@ -557,8 +542,8 @@ async fn timestamps_from_the_future_in_files_and_records_are_not_believed() {
 /// call for up to the reverify interval, although the new key was not whitelisted.
 #[tokio::test]
 async fn a_state_file_of_the_previous_key_does_not_make_the_new_key_ready() {
-    const NEW_KEY: &str = "n3w-k3y-rotated-4a8e";
-    let emu = emulator(false, &["--default-key", NEW_KEY]).await;
+    let new_key = secret("n3w-k3y-rotated-4a8e");
+    let emu = emulator(false, &["--default-key", &new_key]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.json");
     let env = env_for(
@@ -567,21 +552,20 @@ async fn a_state_file_of_the_previous_key_does_not_make_the_new_key_ready() {
     );
     let first = Sidecar::start(&env).await;
     first.wait_readyz(200, Duration::from_secs(20)).await;
-    assert_eq!(first.terminate().await.0, 0);
+    assert_eq!(first.terminate().await.code, 0);
     assert!(state.exists());
 
-    let rotated = with(env, &[("SENDSMS_API_KEY", NEW_KEY)]);
+    let rotated = with(env, &[("SENDSMS_API_KEY", &new_key)]);
     let second = Sidecar::start(&rotated).await;
     second.wait_readyz(200, Duration::from_secs(20)).await;
     let output = second.output();
-    assert!(!output.contains(NEW_KEY), "the new key leaked");
     assert!(output.contains("another API key"), "{output}");
     assert_eq!(
         emu.requests(1, "token_add_ip").await,
         (1, 0),
         "the new key was whitelisted before it was called ready"
     );
-    assert_eq!(second.terminate().await.0, 0);
+    assert_eq!(second.terminate().await.code, 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -652,7 +636,9 @@ async fn budget_waits_end_at_the_deadline_whatever_the_wall_clock_says() {
     let started = Instant::now();
     let mut command = tokio::process::Command::new(&faketime);
     command
-        .args(["-f", "-1h", common::BIN, "once"])
+        .args(["-f", "-1h"])
+        .arg(binary())
+        .arg("once")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
@@ -665,7 +651,7 @@ async fn budget_waits_end_at_the_deadline_whatever_the_wall_clock_says() {
         .unwrap_or_else(|_| panic!("`once` an hour behind still waited after 20 s"))
         .expect("faketime once");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains(KEY));
+    assert_clean("once under faketime", &stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(7),
@@ -764,8 +750,7 @@ async fn credentials_in_provider_urls_and_api_messages_are_never_shown() {
         assert!(Instant::now() < deadline, "no error shown: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, _) = sidecar.terminate().await;
-    assert_eq!(code, 0);
+    assert_eq!(sidecar.terminate().await.code, 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -794,7 +779,7 @@ async fn planted_links_for_temporary_and_lock_files_are_never_followed() {
     let sidecar = Sidecar::start_with(
         &["sh", "-c", &plant],
         &env,
-        ([127, 0, 0, 1], common::free_port()).into(),
+        ([127, 0, 0, 1], free_port()).into(),
     )
     .await;
     sidecar.wait_readyz(200, Duration::from_secs(20)).await;
@@ -803,7 +788,7 @@ async fn planted_links_for_temporary_and_lock_files_are_never_followed() {
         assert!(Instant::now() < deadline, "no state file written");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(sidecar.terminate().await.0, 0);
+    assert_eq!(sidecar.terminate().await.code, 0);
     assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
 
     // The lock file of a fleet directory, replaced by a link to a file that does not exist.
@@ -837,7 +822,7 @@ fn run_with_closed_output(args: &[&str], env: &[(String, String)]) -> (Option<i3
     let err = out.try_clone().expect("pipe");
     drop(reader);
     let started = Instant::now();
-    let status = Command::new(common::BIN)
+    let status = Command::new(binary())
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

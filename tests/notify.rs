@@ -1,20 +1,22 @@
 //! Watching it: notifications and heartbeats from the real binary, and what `/metrics` exports.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Emulator, Sidecar, raw_server, run, with};
+use harness::{Emulator, Sidecar, raw_server, run, secret, with};
 
 /// A webhook token that must never be shown.
 const TOKEN: &str = "w3bh00k-t0k3n-5ecret";
 
+/// Checks `text` by name; registered as a secret, the token is also looked for in every
+/// output of every process and every status body the harness sees.
 fn assert_no_token(text: &str) {
+    secret(TOKEN);
     assert!(!text.contains(TOKEN), "the webhook token leaked:\n{text}");
 }
 
 #[tokio::test]
 async fn a_hanging_webhook_never_delays_readiness_and_its_token_is_never_shown() {
+    secret(TOKEN);
     // Accepts connections and never answers.
     let (hang, _) = raw_server("127.0.0.1:0", Vec::new(), Duration::from_secs(3600)).await;
     let emu = Emulator::bastioned(&[]).await;
@@ -43,8 +45,8 @@ async fn a_hanging_webhook_never_delays_readiness_and_its_token_is_never_shown()
     assert_eq!(targets[0]["target"], format!("http://{hang}"));
     let (_, metrics) = sidecar.get("/metrics").await;
     assert_no_token(&metrics);
-    let (code, _) = sidecar.terminate().await;
-    assert_eq!(code, 0);
+    let stopped = sidecar.terminate().await;
+    assert_eq!(stopped.code, 0, "{stopped:?}");
 }
 
 #[tokio::test]
@@ -70,12 +72,13 @@ async fn metrics_export_build_info_and_no_coordination_without_a_store() {
         !metrics.contains("coordination"),
         "no coordination metric without SENDSMS_COORDINATION:\n{metrics}"
     );
-    let (code, _) = sidecar.terminate().await;
-    assert_eq!(code, 0);
+    let stopped = sidecar.terminate().await;
+    assert_eq!(stopped.code, 0, "{stopped:?}");
 }
 
 #[tokio::test]
 async fn notify_test_exits_0_only_when_every_target_accepts() {
+    secret(TOKEN);
     let accepted = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_vec();
     let refused =
         b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec();

@@ -1,15 +1,13 @@
 //! `run`, the sidecar: endpoints, readiness, rechecks, budget, state file, re-verification, signals.
 
-mod common;
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
-
-use common::{Emulator, Sidecar, api_requests, run, with};
+use harness::{Emulator, Env, Sidecar, run, with};
 use reqwest::Method;
 
 const BASTION: &str = "127.0.0.2";
 
-fn sidecar_env(emu: &Emulator, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+fn sidecar_env(emu: &Emulator, extra: &[(&str, &str)]) -> Env {
     let base = with(
         emu.env(),
         &[
@@ -80,9 +78,9 @@ async fn endpoints_report_readiness_status_and_metrics() {
     );
 
     let status_addr = sidecar.status;
-    let (code, took) = sidecar.terminate().await;
-    assert_eq!(code, 0);
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    let stopped = sidecar.terminate().await;
+    assert_eq!(stopped.code, 0);
+    assert!(stopped.took < Duration::from_secs(5), "{stopped:?}");
     let env = with(
         emu.env(),
         &[(
@@ -102,20 +100,23 @@ async fn idle_polls_make_no_api_call() {
     let emu = Emulator::bastioned(&[]).await;
     let sidecar = Sidecar::start(&sidecar_env(&emu, &[("SENDSMS_POLL_INTERVAL", "100ms")])).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
-    let before = api_requests(&emu).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = emu.api_requests().await;
+    // Five more polls, each a detection of the unchanged address, however long they take.
+    let detections = sidecar.counter("detections").await;
+    sidecar
+        .wait_counter("detections", detections + 5, Duration::from_secs(30))
+        .await;
     assert_eq!(
-        api_requests(&emu).await,
+        emu.api_requests().await,
         before,
         "idle polls called the API"
     );
-    let (_, status) = sidecar.get("/status").await;
-    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let stopped = sidecar.terminate().await;
     assert!(
-        status["counters"]["detections"].as_u64().unwrap_or(0) >= 5,
-        "{status}"
+        !stopped.stderr.contains("egress IP changed")
+            && !stopped.stdout.contains("egress IP changed"),
+        "{stopped:?}"
     );
-    assert!(!sidecar.output().contains("egress IP changed"));
 }
 
 #[tokio::test]
@@ -123,8 +124,13 @@ async fn concurrent_rechecks_are_coalesced_into_one_call() {
     let emu = Emulator::bastioned(&["--latency", "200"]).await;
     let sidecar = Sidecar::start(&sidecar_env(&emu, &[("SENDSMS_POLL_INTERVAL", "1h")])).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
-    let before = api_requests(&emu).await;
-    let answers = futures_join(&sidecar, 10).await;
+    let before = emu.api_requests().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let client = sidecar.client();
+        tasks.spawn(async move { client.request(Method::POST, "/recheck").await });
+    }
+    let answers = tasks.join_all().await;
     assert!(answers.iter().all(|(code, _)| *code == 200), "{answers:?}");
     let rechecked = answers
         .iter()
@@ -132,37 +138,10 @@ async fn concurrent_rechecks_are_coalesced_into_one_call() {
         .count();
     assert!(rechecked >= 1, "{answers:?}");
     assert_eq!(
-        api_requests(&emu).await - before,
+        emu.api_requests().await - before,
         1,
         "ten rechecks, one API call"
     );
-}
-
-async fn futures_join(sidecar: &Sidecar, n: usize) -> Vec<(u16, String)> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let status = sidecar.status;
-        tasks.spawn(async move {
-            let client = common::plain_client_builder()
-                .no_proxy()
-                .build()
-                .expect("client");
-            let response = client
-                .post(format!("http://{status}/recheck"))
-                .send()
-                .await
-                .expect("recheck");
-            (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            )
-        });
-    }
-    let mut answers = Vec::new();
-    while let Some(answer) = tasks.join_next().await {
-        answers.push(answer.expect("task"));
-    }
-    answers
 }
 
 #[tokio::test]
@@ -178,27 +157,32 @@ async fn a_burst_of_rechecks_never_exceeds_the_api_budget() {
     let sidecar = Sidecar::start(&env).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
     assert_eq!(
-        api_requests(&emu).await,
+        emu.api_requests().await,
         3,
         "the first whitelisting takes three calls"
     );
-    let status = sidecar.status;
-    let burst = tokio::spawn(async move {
-        let client = common::plain_client_builder()
-            .no_proxy()
-            .build()
-            .expect("client");
-        for _ in 0..10 {
-            let _ = client
-                .post(format!("http://{status}/recheck"))
-                .timeout(Duration::from_millis(300))
-                .send()
-                .await;
-        }
-    });
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    burst.abort();
-    assert_eq!(api_requests(&emu).await, 4, "the budget of 4 a minute held");
+    // Each forced recheck re-proves the address with one read. The first takes the budget's
+    // fourth and last call of the minute; the second must wait for the window to slide. Ask
+    // until the second round has begun, however slowly the first went.
+    let client = sidecar.client();
+    let patience = Duration::from_millis(300);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sidecar.counter("rechecks").await < 2 {
+        assert!(Instant::now() < deadline, "no second recheck round began");
+        let _ = client
+            .request_within(Method::POST, "/recheck", patience)
+            .await;
+    }
+    // The loop now waits on the budget: every further recheck queues behind it unanswered,
+    // where a loop free to call would answer each at once with a round of its own.
+    for asked in 0..8 {
+        let answer = client
+            .request_within(Method::POST, "/recheck", patience)
+            .await;
+        assert!(answer.is_err(), "recheck {asked} was answered: {answer:?}");
+    }
+    assert_eq!(emu.api_requests().await, 4, "the budget of 4 a minute held");
+    assert_eq!(sidecar.counter("rechecks").await, 2, "one round waits");
     assert!(
         sidecar.ready().await,
         "waiting on the budget keeps the verified state"
@@ -215,11 +199,20 @@ async fn sigterm_during_a_verification_exits_0_within_5_seconds() {
         &[("SENDSMS_STATE_FILE", state.to_str().expect("utf-8"))],
     );
     let sidecar = Sidecar::start(&env).await;
-    sidecar.wait_readyz(503, Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (code, took) = sidecar.terminate().await;
-    assert_eq!(code, 0);
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Verifying, not merely started: the add went through and at least one proof read was
+    // refused (the first read, before the add, is the other refusal).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emu.requests(0, "token_add_ip").await != (1, 0)
+        || emu.requests(0, "token_list_ips").await.1 < 2
+    {
+        assert!(Instant::now() < deadline, "never reached the proof reads");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let reason = sidecar.wait_readyz(503, Duration::from_secs(5)).await;
+    assert_eq!(reason, "ipv4: 127.0.0.1 not verified yet");
+    let stopped = sidecar.terminate().await;
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+    assert!(stopped.took < Duration::from_secs(5), "{stopped:?}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
     assert!(
         leftovers.is_empty(),
@@ -240,25 +233,32 @@ async fn a_restart_with_an_unchanged_ip_spends_no_api_call_and_a_corrupt_state_f
 
     let first = Sidecar::start(&env).await;
     first.wait_readyz(200, Duration::from_secs(10)).await;
+    let stopped = first.terminate().await;
+    assert_eq!(stopped.code, 0);
     assert!(
-        first.output().contains("corrupt"),
-        "a warning names the corrupt file"
+        stopped.stdout.contains("corrupt") || stopped.stderr.contains("corrupt"),
+        "a warning names the corrupt file: {stopped:?}"
     );
-    assert_eq!(first.terminate().await.0, 0);
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state).expect("state written")).expect("valid json");
     assert_eq!(written["verified"][0]["ip"], "127.0.0.1");
-    let calls = api_requests(&emu).await;
+    let calls = emu.api_requests().await;
 
     let second = Sidecar::start(&env).await;
     second.wait_readyz(200, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Three more polls, each finding the restored address unchanged.
+    let detections = second.counter("detections").await;
+    second
+        .wait_counter("detections", detections + 3, Duration::from_secs(30))
+        .await;
     assert_eq!(
-        api_requests(&emu).await,
+        emu.api_requests().await,
         calls,
         "the restart called the API"
     );
-    assert!(second.output().contains("restored from the state file"));
+    second
+        .wait_for_log("restored from the state file", Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test]
@@ -267,27 +267,12 @@ async fn reverification_re_adds_an_ip_removed_in_the_web_ui() {
     let env = sidecar_env(&emu, &[("SENDSMS_REVERIFY_INTERVAL", "1s")]);
     let sidecar = Sidecar::start(&env).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
-    let client = common::plain_client_builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    let removed = client
-        .post(emu.url("/_emulator/remove-ip?key=0&ip=127.0.0.1"))
-        .send()
-        .await
-        .expect("remove");
-    assert!(
-        removed
-            .text()
-            .await
-            .unwrap_or_default()
-            .contains("\"removed\":1")
-    );
+    assert_eq!(emu.remove_ip(0, "127.0.0.1").await, 1);
     assert_eq!(emu.whitelist(0).await, vec![BASTION]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while emu.whitelist(0).await != vec![BASTION, "127.0.0.1"] {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "not re-added:\n{}",
             sidecar.output()
         );

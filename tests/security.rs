@@ -1,11 +1,9 @@
 //! Defences from SECURITY.md that need a network to show: no redirects, CONNECT-only proxies,
 //! environment proxies ignored, and no secret on any status endpoint.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Emulator, KEY, raw_server, run, with};
+use harness::{Emulator, KEY, raw_server, run, secret, with};
 
 const BASTION: &str = "127.0.0.2";
 
@@ -61,7 +59,7 @@ async fn an_https_api_through_the_bootstrap_proxy_is_a_connect_tunnel() {
             ("SENDSMS_API_URL", "https://127.0.0.1:9/json"),
             (
                 "SENDSMS_BOOTSTRAP_PROXY",
-                &format!("http://user:proxy-secret@{proxy}"),
+                &format!("http://user:{}@{proxy}", secret("proxy-secret")),
             ),
             ("SENDSMS_VERIFY_TIMEOUT", "2s"),
         ],
@@ -77,6 +75,7 @@ async fn an_https_api_through_the_bootstrap_proxy_is_a_connect_tunnel() {
         !seen.contains(KEY) && !seen.contains("password="),
         "the proxy saw the request: {seen}"
     );
+    // `run` failed the test already if the proxy password (a registered secret) was shown.
     assert!(
         !once.stderr.contains("proxy-secret") && !once.stdout.contains("proxy-secret"),
         "{once:?}"
@@ -117,7 +116,7 @@ async fn proxies_from_the_environment_are_ignored() {
 async fn a_plain_http_api_on_another_host_needs_the_loud_override() {
     let emu = Emulator::start(&["--rate-limit", "0"]).await;
     // Detection fails on a closed loopback port, so nothing is ever sent to that host.
-    let closed = format!("http://127.0.0.1:{}/ip", common::free_port());
+    let closed = format!("http://127.0.0.1:{}/ip", harness::free_port());
     let env = with(
         emu.env(),
         &[

@@ -1626,3 +1626,32 @@ fn state_file_load_accepts_only_an_intact_document_of_its_owner() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Text from outside: redaction and printing
+
+#[test]
+fn redacted_text_never_holds_the_secret_and_printable_text_is_one_line() {
+    let cases = (junk_text(80), junk_text(80), "[A-Za-z0-9+/=_.~-]{4,40}");
+    check("redact_and_printable", cases, |(before, after, key)| {
+        for text in [
+            format!("{before}{key}{after}"),
+            format!(
+                "{before}{}{after}",
+                url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
+            ),
+        ] {
+            let redacted = crate::secret::redact(&text, &[&key]);
+            // A short key may be spelled inside the marker itself ("act" in "[redacted]").
+            let leaked = redacted
+                .split(crate::secret::REDACTED)
+                .any(|piece| piece.contains(&key));
+            prop_assert!(!leaked, "{:?} -> {:?}", text, redacted);
+            let shown = crate::secret::printable(&redacted);
+            prop_assert!(!shown.chars().any(char::is_control), "{:?}", shown);
+            // At most 128 characters of the text, each escape at most 10 (`\u{10ffff}`).
+            prop_assert!(shown.chars().count() <= 128 * 10 + 1);
+        }
+        Ok(())
+    });
+}
