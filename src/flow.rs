@@ -53,6 +53,10 @@ pub(crate) enum EnsureError {
         holder: String,
         waited: Duration,
     },
+    /// A call was refused for want of budget before the deadline, and nothing disproved the
+    /// address: no news, not a failure of the address.
+    #[error("{ip} could not be proven in time: the API budget is spent ({cause})")]
+    NoBudget { ip: IpAddr, cause: String },
 }
 
 /// Every sendSMS call passes the budgets first (this process's, then the fleet's) and is
@@ -62,6 +66,14 @@ struct Accounting {
     per_minute: u32,
     coordinator: Option<Arc<Coordinator>>,
     metrics: Arc<Metrics>,
+    /// Calls not made because no budget fitted before the deadline.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl Accounting {
+    fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl CallObserver for Accounting {
@@ -70,11 +82,15 @@ impl CallObserver for Accounting {
         _action: &'static str,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async {
-            self.budget.acquire().await.map_err(|e| e.to_string())?;
-            if let Some(coordinator) = &self.coordinator {
-                coordinator.acquire_budget(self.per_minute).await?;
+            let mut booked = self.budget.acquire().await.map_err(|e| e.to_string());
+            if let (Ok(()), Some(coordinator)) = (&booked, &self.coordinator) {
+                booked = coordinator.acquire_budget(self.per_minute).await;
             }
-            Ok(())
+            if booked.is_err() {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            booked
         })
     }
 
@@ -89,6 +105,7 @@ pub(crate) struct Flow {
     reconciler: Reconciler,
     make_api: MakeApi,
     observer: Arc<dyn CallObserver>,
+    accounting: Arc<Accounting>,
     coordinator: Option<Arc<Coordinator>>,
     verify_timeout: Duration,
 }
@@ -115,17 +132,20 @@ impl Flow {
             &settings.credentials,
             metrics.coordination.clone(),
         )?;
-        let observer: Arc<dyn CallObserver> = Arc::new(Accounting {
+        let accounting = Arc::new(Accounting {
             budget: ApiBudget::per_minute(settings.api_budget),
             per_minute: settings.api_budget,
             coordinator: coordinator.clone(),
             metrics,
+            refused: std::sync::atomic::AtomicU64::new(0),
         });
+        let observer: Arc<dyn CallObserver> = accounting.clone();
         let api = make_api(Arc::clone(&observer))?;
         Ok(Flow {
             reconciler: Reconciler::new(api, settings.verify_timeout),
             make_api,
             observer,
+            accounting,
             coordinator,
             verify_timeout: settings.verify_timeout,
         })
@@ -160,7 +180,19 @@ impl Flow {
         ip: IpAddr,
         not_before_ms: u64,
     ) -> Result<Proof, EnsureError> {
-        deadline::within(self.deadline(), self.ensure_by(ip, not_before_ms)).await
+        let refused = self.accounting.refused();
+        let result = deadline::within(self.deadline(), self.ensure_by(ip, not_before_ms)).await;
+        match result {
+            // The budget, not the API, ended it: say so, so that `run` keeps a verified
+            // address rather than dropping it for want of a call.
+            Err(EnsureError::Reconcile(
+                e @ (ReconcileError::NotVerified { .. } | ReconcileError::ApiUnavailable { .. }),
+            )) if self.accounting.refused() > refused => Err(EnsureError::NoBudget {
+                ip,
+                cause: e.to_string(),
+            }),
+            other => other,
+        }
     }
 
     /// Every wait of one `ensure` (the budgets, the store, the lease, its renewals) ends by
