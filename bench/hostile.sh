@@ -6,8 +6,8 @@
 # its RSS, /healthz probed every 50 ms from the host and how long half-sent requests stay
 # open; then a redis-server stopped for 8 s while `once` holds the lease.
 #
-# The measuring code is the test suite's (tests/hostile.rs), built with the release profile,
-# so the benchmark and the test cannot drift apart. Needs root (network namespaces),
+# The measuring code is the test suite's (tests/hostile_flood.rs, tests/hostile.rs), built
+# with the release profile, so the benchmark and the test cannot drift apart. Needs root (network namespaces),
 # iproute2 and redis-server; scripts/test.sh installs them.
 #
 #   sudo bench/hostile.sh > report.md
@@ -18,10 +18,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 echo "hostile: building the release profile" >&2
-cargo test --release --locked --test hostile --no-run -q 2>&2
+cargo test --release --locked --test hostile --test hostile_flood --no-run -q 2>&2
 
 echo "hostile: flood, ${HOSTILE_CONNECTIONS} connections for ${HOSTILE_SECONDS}s" >&2
-HOSTILE_REPORT=$work/flood.md cargo test --release --locked -q --test hostile \
+HOSTILE_REPORT=$work/flood.md cargo test --release --locked -q --test hostile_flood \
   a_flood_of_half_sent_and_oversized_requests_from_another_host_is_bounded -- --exact >&2
 echo "hostile: redis stall" >&2
 HOSTILE_STALL_REPORT=$work/stall.md cargo test --release --locked -q --test hostile \

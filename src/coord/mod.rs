@@ -402,7 +402,7 @@ impl Coordinator {
                     // The previous holder may have written its record and let go between our
                     // read and our lease: look again before spending any call.
                     if let Ok(Some(record)) = self.fresh_record(ip, not_before_ms).await {
-                        self.release(ip).await;
+                        deadline::cleanup(STORE_TIMEOUT * 2, self.release(ip)).await;
                         return Coordinated::Peer(record);
                     }
                     return Coordinated::Own(self.lead(ip, work).await);
@@ -485,22 +485,27 @@ impl Coordinator {
                 () = &mut renewing, if !renewing_done => renewing_done = true,
             }
         };
-        if result.is_ok() {
-            let record = Record {
-                ip,
-                verified_at_ms: unix_now_ms(),
-                by: self.member.clone(),
-            };
-            // The record goes in before the lease goes away, so no waiter takes a lease for
-            // an IP that is already proven.
-            if self
-                .observe(self.store.write_verified(&record, self.record_ttl).await)
-                .is_ok()
-            {
-                self.metrics.records_written.inc();
+        // Sharing the proof and letting go have their own time, even if the work used all of
+        // the operation's: otherwise the fleet would redo the work, or wait out the lease.
+        deadline::cleanup(STORE_TIMEOUT * 2, async {
+            if result.is_ok() {
+                let record = Record {
+                    ip,
+                    verified_at_ms: unix_now_ms(),
+                    by: self.member.clone(),
+                };
+                // The record goes in before the lease goes away, so no waiter takes a lease
+                // for an IP that is already proven.
+                if self
+                    .observe(self.store.write_verified(&record, self.record_ttl).await)
+                    .is_ok()
+                {
+                    self.metrics.records_written.inc();
+                }
             }
-        }
-        self.release(ip).await;
+            self.release(ip).await;
+        })
+        .await;
         result
     }
 }

@@ -13,6 +13,13 @@ pub(crate) async fn within<F: Future>(deadline: Instant, operation: F) -> F::Out
     DEADLINE.scope(deadline, operation).await
 }
 
+/// Runs `cleanup` (handing back a lease, sharing a record) under its own short deadline, even
+/// when the operation's has passed: what an operation holds must be given back after it ran
+/// out of time too.
+pub(crate) async fn cleanup<F: Future>(limit: std::time::Duration, cleanup: F) -> F::Output {
+    DEADLINE.scope(Instant::now() + limit, cleanup).await
+}
+
 /// The deadline in force in this task, if any.
 pub(crate) fn current() -> Option<Instant> {
     DEADLINE.try_with(|d| *d).ok()
@@ -65,6 +72,15 @@ mod tests {
             let waited = bounded(tokio::time::sleep(Duration::from_secs(3600))).await;
             assert_eq!(waited, Err(Expired));
             assert_eq!(start.elapsed(), Duration::from_secs(5));
+            let cleaned = cleanup(Duration::from_secs(2), async {
+                bounded(tokio::time::sleep(Duration::from_secs(1))).await
+            })
+            .await;
+            assert_eq!(
+                cleaned,
+                Ok(()),
+                "clean-up has its own time after the deadline"
+            );
         })
         .await;
     }
