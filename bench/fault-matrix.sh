@@ -25,8 +25,9 @@ FAULT_MATRIX_RUN_OUT="$out/run.md" cargo test --locked -q --test netns run_fault
   echo "unless the scenario needs longer (100 s for a minute of rate limiting, 40 s for a 10 s"
   echo "propagation delay, 600 s for the rows of random faults, which then cannot fail by chance),"
   echo "the default \`SENDSMS_REQUEST_TIMEOUT\` of 10 s, the bootstrap path bound to 127.0.0.2. Exit"
-  echo "codes: 0 verified, 4 the API refused the bootstrap path, 5 not verified in time or the API"
-  echo "unreachable. The runs execute 32 at a time (those that mostly wait first), so the times"
+  echo "codes: 0 verified, 4 the API refused the bootstrap path or it could not be reached (a dead"
+  echo "proxy is reported after three quick tries), 5 not verified in time or the API unreachable."
+  echo "The runs execute 32 at a time (those that mostly wait first), so the times"
   echo "include the contention of that many processes."
   echo
   cat "$out/once.md"

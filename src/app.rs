@@ -23,7 +23,7 @@ enum Exit {
     Config = 2,
     /// The egress IP could not be determined.
     Detection = 3,
-    /// The API refused the bootstrap path.
+    /// The API refused the bootstrap path, or the bootstrap path cannot be reached.
     BootstrapRefused = 4,
     /// Verification did not succeed in time, or the API stayed unreachable, or another fleet
     /// member held the lease for too long.
@@ -39,10 +39,13 @@ fn exit_code(error: &Error) -> Exit {
         Error::Config(_) | Error::Build(BuildError::Client(_) | BuildError::Store(_)) => {
             Exit::Config
         }
+        // Something answered at SENDSMS_API_URL, but not the API: the URL is wrong.
+        Error::Ensure(EnsureError::Reconcile(ReconcileError::NotTheApi(_)))
+        | Error::Check(ReconcileError::NotTheApi(_)) => Exit::Config,
         Error::Detect(_) => Exit::Detection,
-        Error::Ensure(EnsureError::Reconcile(ReconcileError::BootstrapRefused { .. })) => {
-            Exit::BootstrapRefused
-        }
+        Error::Ensure(EnsureError::Reconcile(
+            ReconcileError::BootstrapRefused { .. } | ReconcileError::BootstrapUnreachable { .. },
+        )) => Exit::BootstrapRefused,
         Error::Ensure(_) | Error::Check(_) => Exit::NotVerified,
         Error::NotReady(_) => Exit::NotUsable,
         // An address this host does not have is a mistake in the configuration; a port that

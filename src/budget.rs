@@ -1,12 +1,14 @@
-//! The process-wide sendSMS call budget: at most N calls in any sliding minute; calls beyond it wait.
+//! The process-wide sendSMS call budget: at most N calls in any sliding minute; calls beyond it wait, never past the deadline.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::util::deadline;
+use crate::util::waits::Waits;
 
 /// No call fits in the budget before the deadline of the operation that wants it: the call is
 /// not made, rather than made late.
@@ -28,6 +30,7 @@ pub(crate) struct ApiBudget {
     /// When each call of the current window started; the lock is held while waiting, so callers
     /// are served in order.
     calls: Mutex<VecDeque<Instant>>,
+    waits: Arc<Waits>,
 }
 
 impl ApiBudget {
@@ -40,7 +43,14 @@ impl ApiBudget {
             per_window: calls.max(1) as usize,
             window,
             calls: Mutex::new(VecDeque::new()),
+            waits: Arc::default(),
         }
+    }
+
+    /// Shows its waits in `waits` (logged, and listed in `/status`).
+    pub(crate) fn shown_in(mut self, waits: Arc<Waits>) -> Self {
+        self.waits = waits;
+        self
     }
 
     /// Waits until a call fits in the window, then books it; fails at once when it would not
@@ -72,7 +82,11 @@ impl ApiBudget {
                 if !deadline::allows(free) {
                     return Err(exhausted(free - now));
                 }
-                tracing::debug!(wait = ?(free - now), "API budget spent; waiting");
+                let cause = format!(
+                    "this process's API budget (SENDSMS_API_BUDGET={} calls a minute) is spent",
+                    self.per_window
+                );
+                let _waiting = self.waits.begin(cause, free - now);
                 tokio::time::sleep_until(free).await;
             }
         }
@@ -100,5 +114,27 @@ mod tests {
             start.elapsed() >= Duration::from_secs(60),
             "the fourth call waited a window"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_the_budget_is_shown_while_it_lasts() {
+        let waits = Arc::new(Waits::default());
+        let budget =
+            Arc::new(ApiBudget::new(1, Duration::from_secs(60)).shown_in(Arc::clone(&waits)));
+        budget.acquire().await.expect("room");
+        let second = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let listed = waits.current();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(
+            listed[0].cause.contains("SENDSMS_API_BUDGET=1"),
+            "{listed:?}"
+        );
+        assert!(listed[0].seconds >= 59.0, "{listed:?}");
+        second.await.expect("second call").expect("room");
+        assert!(waits.current().is_empty());
     }
 }

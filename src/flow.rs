@@ -13,6 +13,7 @@ use crate::reconcile::{Api, CheckReport, Proof, ReconcileError, Reconciler, Sour
 use crate::secret::Credentials;
 use crate::sendsms::{self, CallObserver, Routes, Verdict};
 use crate::util::deadline;
+use crate::util::waits::Waits;
 
 /// What the flow needs from the configuration.
 #[derive(Clone, Debug)]
@@ -108,6 +109,8 @@ pub(crate) struct Flow {
     accounting: Arc<Accounting>,
     coordinator: Option<Arc<Coordinator>>,
     verify_timeout: Duration,
+    /// Every wait of the flow (budgets, rate limits, a fleet member's lease), for `/status`.
+    waits: Arc<Waits>,
 }
 
 impl Flow {
@@ -127,13 +130,15 @@ impl Flow {
         metrics: Arc<Metrics>,
         make_api: MakeApi,
     ) -> Result<Self, BuildError> {
+        let waits = Arc::new(Waits::default());
         let coordinator = Coordinator::new(
             &settings.coordination,
             &settings.credentials,
             metrics.coordination.clone(),
+            Arc::clone(&waits),
         )?;
         let accounting = Arc::new(Accounting {
-            budget: ApiBudget::per_minute(settings.api_budget),
+            budget: ApiBudget::per_minute(settings.api_budget).shown_in(Arc::clone(&waits)),
             per_minute: settings.api_budget,
             coordinator: coordinator.clone(),
             metrics,
@@ -142,13 +147,19 @@ impl Flow {
         let observer: Arc<dyn CallObserver> = accounting.clone();
         let api = make_api(Arc::clone(&observer))?;
         Ok(Flow {
-            reconciler: Reconciler::new(api, settings.verify_timeout),
+            reconciler: Reconciler::new(api, settings.verify_timeout).shown_in(Arc::clone(&waits)),
             make_api,
             observer,
             accounting,
             coordinator,
             verify_timeout: settings.verify_timeout,
+            waits,
         })
+    }
+
+    /// The waits in progress, as `/status` lists them.
+    pub(crate) fn waits(&self) -> Arc<Waits> {
+        Arc::clone(&self.waits)
     }
 
     pub(crate) fn coordinator(&self) -> Option<&Arc<Coordinator>> {
@@ -167,7 +178,7 @@ impl Flow {
     /// could hang, or worse, "prove" the new address over the old route.
     pub(crate) fn renew_clients(&mut self) -> Result<(), sendsms::BuildError> {
         let api = (self.make_api)(Arc::clone(&self.observer))?;
-        self.reconciler = Reconciler::new(api, self.verify_timeout);
+        self.reconciler = Reconciler::new(api, self.verify_timeout).shown_in(self.waits());
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! HTTP plumbing shared by detection and the sendSMS client: hardened client builders and capped bodies.
 
+use std::fmt;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why a body could not be read; carries no URL, so it is safe to show.
@@ -23,6 +24,47 @@ fn root_certificates() -> &'static [reqwest::Certificate] {
             .filter_map(|der| reqwest::Certificate::from_der(der).ok())
             .collect()
     })
+}
+
+/// CA certificates trusted in addition to the built-in roots, never instead of them
+/// (`SENDSMS_EXTRA_CA_FILE`): for the API's clients and an `https://` bootstrap proxy only, as
+/// detection must not take a re-signing proxy's word for this host's address.
+#[derive(Clone, Default)]
+pub(crate) struct ExtraRoots(Arc<Vec<reqwest::Certificate>>);
+
+impl ExtraRoots {
+    /// The certificates of a PEM file; an error says what is wrong with it.
+    pub(crate) fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("not a PEM file of certificates ({})", describe(e)))?;
+        if certificates.is_empty() {
+            return Err("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+        }
+        // The roots are only parsed when a client is built: build one now, so a certificate
+        // rustls refuses is a configuration error at start, not a failure at the first call.
+        install_crypto_provider();
+        reqwest::Client::builder()
+            .tls_certs_only(certificates.iter().cloned())
+            .build()
+            .map_err(|e| {
+                format!(
+                    "a certificate in it is not usable as a root ({})",
+                    describe(e)
+                )
+            })?;
+        Ok(ExtraRoots(Arc::new(certificates)))
+    }
+
+    /// `builder` trusting these roots too.
+    pub(crate) fn trusted_by(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder.tls_certs_merge(self.0.iter().cloned())
+    }
+}
+
+impl fmt::Debug for ExtraRoots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExtraRoots({} certificates)", self.0.len())
+    }
 }
 
 /// rustls' process-wide crypto provider: ring, which builds a smaller binary than reqwest's
@@ -54,6 +96,36 @@ pub(crate) fn client_builder(
         .tls_certs_only(root_certificates().iter().cloned())
         .local_address(local_address)
         .user_agent(concat!("sendsms-whitelister/", env!("CARGO_PKG_VERSION")))
+}
+
+/// No connection could be opened: refused, no route, a host name that does not resolve (with
+/// a proxy, the proxy's). A refused certificate fails while connecting too, but then something
+/// did answer, so it is not counted here.
+pub(crate) fn is_unreachable(error: &reqwest::Error) -> bool {
+    error.is_connect() && !is_tls_failure(error)
+}
+
+/// The TLS handshake failed: most often a certificate no trusted root signed.
+pub(crate) fn is_tls_failure(error: &reqwest::Error) -> bool {
+    /// rustls' error travels inside io::Errors (two deep through hyper), whose `source`
+    /// skips what they wrap: look inside each.
+    fn is_rustls(error: &(dyn std::error::Error + 'static)) -> bool {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| is_rustls(inner))
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if is_rustls(inner) {
+            return true;
+        }
+        cause = inner.source();
+    }
+    false
 }
 
 /// A reqwest error as text without the URL, which may carry the API key. reqwest's own

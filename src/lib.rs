@@ -6,7 +6,7 @@
 //! - leaves:
 //!   - `net`: address families and which addresses are public.
 //!   - `secret`: credentials and URLs that are never shown whole.
-//!   - `util`: one lock idiom, one clock, one backoff with jitter, deadlines that bound every wait, atomic file writes.
+//!   - `util`: one lock idiom, one clock, one backoff with jitter, deadlines that bound every wait, atomic file writes, visible waits.
 //!   - `http`: the hardened HTTP client every outgoing call uses.
 //!   - `metrics`: every count and gauge, for `/metrics` and `/status` alike.
 //!   - `logging`: where logs go and how `RUST_LOG` filters them.

@@ -13,6 +13,7 @@ use crate::sendsms::{Added, ApiError, Routes, Verdict, Whitelist};
 use crate::util::backoff::Backoff;
 use crate::util::clock::rfc3339_ms;
 use crate::util::deadline;
+use crate::util::waits::Waits;
 
 /// A boxed future, so the API can be a trait object (the real routes, or a fake in tests).
 pub(crate) type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
@@ -30,6 +31,10 @@ pub(crate) trait Api: Send + Sync {
     fn bootstrap_route(&self) -> String;
     /// True when no bootstrap path is configured and writes go the direct route.
     fn bootstrap_is_direct(&self) -> bool;
+    /// True when the bootstrap path is a proxy (`SENDSMS_BOOTSTRAP_PROXY`).
+    fn bootstrap_via_proxy(&self) -> bool {
+        false
+    }
 }
 
 impl Api for Routes {
@@ -48,6 +53,10 @@ impl Api for Routes {
     fn bootstrap_is_direct(&self) -> bool {
         Routes::bootstrap_is_direct(self)
     }
+
+    fn bootstrap_via_proxy(&self) -> bool {
+        Routes::bootstrap_via_proxy(self)
+    }
 }
 
 /// Delays between attempts: exponential with jitter, so a fleet that lost its IP together does
@@ -61,6 +70,16 @@ const RETRY: Backoff = Backoff {
 /// A rate-limit answer waits at least this long: the provider counts calls per minute.
 const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(6);
 
+/// A bootstrap path that cannot be connected to (a proxy that refuses, a name that does not
+/// resolve) does not start working while verification waits: this many tries, one backoff step
+/// apart, then it is reported instead of waiting out the verify timeout.
+const UNREACHABLE_TRIES: u32 = 3;
+
+/// What `once` and `run` warn, once, when the key works from an address it does not list.
+pub(crate) const NOT_IP_LOCKED: &str = "the key works from this host although its whitelist does \
+     not list this address, so it is not IP-locked (a Cloud key): it needs no whitelisting, nothing \
+     is written, and this tool is not needed for this key";
+
 /// How an IP came to be proven usable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -71,6 +90,9 @@ pub(crate) enum Source {
     Added { duplicate: bool, checks: u32 },
     /// Another member of the fleet proved it for the same egress IP and shared the record.
     Peer { by: String, verified_at_ms: u64 },
+    /// The direct route worked from an address the whitelist does not list: the key is not
+    /// IP-locked (a Cloud key), so nothing was written.
+    NotIpLocked,
 }
 
 /// The one result of the whitelist flow: `ip` works for the key from here.
@@ -113,6 +135,11 @@ impl fmt::Display for Proof {
                 "{ip} was verified by fleet member {by} at {}; nothing written",
                 rfc3339_ms(*verified_at_ms)
             ),
+            Source::NotIpLocked => write!(
+                f,
+                "{ip} is not on the whitelist, yet the key works from it: the key is not \
+                 IP-locked; nothing written ({secs:.2}s)"
+            ),
         }
     }
 }
@@ -127,9 +154,14 @@ pub(crate) struct CheckReport {
 }
 
 impl CheckReport {
-    /// The key works from here and its whitelist lists the IP.
+    /// The key works from here (for an IP-locked key, that is: its whitelist lists the IP).
     pub(crate) fn usable(&self) -> bool {
-        self.whitelist.as_ref().is_some_and(|w| w.covers(self.ip))
+        self.whitelist.is_some()
+    }
+
+    /// The key works from here although its whitelist does not list the IP: not IP-locked.
+    pub(crate) fn not_ip_locked(&self) -> bool {
+        self.whitelist.as_ref().is_some_and(|w| !w.covers(self.ip))
     }
 }
 
@@ -142,6 +174,21 @@ pub(crate) enum ReconcileError {
         cause: ApiError,
         hint: &'static str,
     },
+    #[error(
+        "token_add_ip for {ip} was not sent: {path} cannot be reached ({cause}). Tried \
+         {UNREACHABLE_TRIES} times in {waited:.1?} instead of waiting out SENDSMS_VERIFY_TIMEOUT, \
+         as this does not clear by waiting. {hint}"
+    )]
+    BootstrapUnreachable {
+        ip: IpAddr,
+        path: String,
+        cause: ApiError,
+        waited: Duration,
+        hint: &'static str,
+    },
+    /// The endpoint answered, but not as the sendSMS API: a configuration error.
+    #[error("{0}")]
+    NotTheApi(ApiError),
     #[error("{ip} was not proven usable within {waited:.0?}: {last}")]
     NotVerified {
         ip: IpAddr,
@@ -175,6 +222,7 @@ enum Exhausted {
 pub(crate) struct Reconciler {
     api: Arc<dyn Api>,
     verify_timeout: Duration,
+    waits: Arc<Waits>,
 }
 
 impl Reconciler {
@@ -182,7 +230,14 @@ impl Reconciler {
         Reconciler {
             api,
             verify_timeout,
+            waits: Arc::default(),
         }
+    }
+
+    /// Shows its pauses (a rate limit, a backoff step) in `waits`.
+    pub(crate) fn shown_in(mut self, waits: Arc<Waits>) -> Self {
+        self.waits = waits;
+        self
     }
 
     /// Steps 3 to 5 of the flow: read from here, write through the bootstrap path only when
@@ -243,9 +298,14 @@ impl Reconciler {
                 tracing::info!(%ip, "already whitelisted; the key works from this host");
                 return Ok(proof(Source::AlreadyListed, whitelist));
             }
+            // A Default key is refused from every address its whitelist does not list; one that
+            // answers from here without listing this address is not locked, and a write would
+            // add nothing but an entry to prune.
             Ok(whitelist) => {
-                tracing::info!(%ip, whitelist = %whitelist, "the key works here but does not list this IP")
+                tracing::info!(%ip, whitelist = %whitelist, "the key works here but does not list this IP: it is not IP-locked");
+                return Ok(proof(Source::NotIpLocked, whitelist));
             }
+            Err(e @ ApiError::NotTheApi(_)) => return Err(ReconcileError::NotTheApi(e)),
             // A status no success or refusal explains (an account suspended, say): the
             // account is in a state this tool does not know, so nothing is written.
             Err(e) if e.verdict() == Verdict::Unexpected => {
@@ -258,9 +318,22 @@ impl Reconciler {
             Err(e) => tracing::info!(%ip, cause = %e, "the key does not work from this host yet"),
         }
 
+        let (direct, via_proxy) = (
+            self.api.bootstrap_is_direct(),
+            self.api.bootstrap_via_proxy(),
+        );
+        let mut unreachable = 0u32;
         let added = self
             .with_backoff(deadline, async || match self.api.add_ip(ip).await {
                 Ok(added) => Attempt::Done(added),
+                Err(e @ ApiError::Unreachable(_)) if !direct => {
+                    unreachable += 1;
+                    if unreachable >= UNREACHABLE_TRIES {
+                        Attempt::Stop(e)
+                    } else {
+                        retry_or_stop(e)
+                    }
+                }
                 Err(e) => retry_or_stop(e),
             })
             .await
@@ -272,17 +345,28 @@ impl Reconciler {
                         cause: cause.to_string(),
                     }
                 }
+                Exhausted::Stopped(cause @ ApiError::NotTheApi(_)) => {
+                    ReconcileError::NotTheApi(cause)
+                }
+                Exhausted::Stopped(cause @ ApiError::Unreachable(_)) => {
+                    ReconcileError::BootstrapUnreachable {
+                        ip,
+                        path: self.api.bootstrap_route(),
+                        cause,
+                        waited: started.elapsed(),
+                        hint: if via_proxy {
+                            "Check the proxy's host name and port in SENDSMS_BOOTSTRAP_PROXY, and \
+                             that it is running and accepts connections from this host."
+                        } else {
+                            "Check that SENDSMS_BOOTSTRAP_BIND is an address of this host with a \
+                             route to the API."
+                        },
+                    }
+                }
                 Exhausted::Stopped(cause) => ReconcileError::BootstrapRefused {
                     ip,
                     path: self.api.bootstrap_route(),
-                    hint: if self.api.bootstrap_is_direct() {
-                        "This host is not authorized to change the whitelist: set SENDSMS_BOOTSTRAP_PROXY \
-                         (a proxy whose egress IP is whitelisted) or SENDSMS_BOOTSTRAP_BIND (a local \
-                         address that is), or add the IP once in the sendSMS web account."
-                    } else {
-                        "The bootstrap path is not authorized for this key: check that its egress IP is \
-                         on the key's whitelist (web account: Account >> API Keys >> Locked On IP)."
-                    },
+                    hint: refusal_hint(direct, &cause),
                     cause,
                 },
                 Exhausted::OutOfTime { last } => ReconcileError::ApiUnavailable {
@@ -321,6 +405,9 @@ impl Reconciler {
                 tracing::info!(%ip, checks, elapsed = ?proof.elapsed, "verified from this host");
                 Ok(proof)
             }
+            Err(Exhausted::Stopped(cause @ ApiError::NotTheApi(_))) => {
+                Err(ReconcileError::NotTheApi(cause))
+            }
             Err(Exhausted::Stopped(cause)) => Err(ReconcileError::NotVerified {
                 ip,
                 waited: started.elapsed(),
@@ -348,6 +435,9 @@ impl Reconciler {
             .await
         {
             Ok(Ok(whitelist)) => Ok(report(Some(whitelist), None)),
+            Err(Exhausted::Stopped(e @ ApiError::NotTheApi(_))) => {
+                Err(ReconcileError::NotTheApi(e))
+            }
             Ok(Err(refusal)) | Err(Exhausted::Stopped(refusal)) => {
                 Ok(report(None, Some(refusal.to_string())))
             }
@@ -409,9 +499,34 @@ impl Reconciler {
                 }
                 delay = deadline - now;
             }
-            tracing::debug!(attempt = attempts, ?delay, reason = %why, "retrying");
-            tokio::time::sleep(delay).await;
+            let cause = if rate_limited {
+                format!("the API is rate-limiting this account ({why}); attempt {attempts} waits")
+            } else {
+                format!("retrying after attempt {attempts}: {why}")
+            };
+            self.waits.sleep(cause, delay).await;
         }
+    }
+}
+
+/// What a refused `token_add_ip` most likely means, and where to look.
+fn refusal_hint(direct: bool, cause: &ApiError) -> &'static str {
+    match (cause.verdict(), direct) {
+        (Verdict::AuthRefused, true) => {
+            "This host is not authorized to change the whitelist, or the credentials are wrong. \
+             Set SENDSMS_BOOTSTRAP_PROXY (a proxy whose egress IP is whitelisted) or \
+             SENDSMS_BOOTSTRAP_BIND (a local address that is), or add the IP once in the sendSMS \
+             web account; and check SENDSMS_USERNAME and SENDSMS_API_KEY (an API key of that \
+             account, not its password)."
+        }
+        (Verdict::AuthRefused, false) => {
+            "Two causes give this answer: wrong credentials (SENDSMS_USERNAME, or SENDSMS_API_KEY, \
+             which must be an API key of that account, not its password), or the bootstrap path's \
+             egress IP is not on the key's whitelist. To tell them apart, open the sendSMS web \
+             account at Account >> API Keys: if the key is not listed there, the credentials are \
+             wrong; if it is, its \"Locked On IP\" list must include the bootstrap path's egress IP."
+        }
+        _ => "The API refused the request itself, not the route: its answer above says why.",
     }
 }
 
@@ -482,14 +597,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_proof_waits_until_the_whitelist_lists_the_ip() {
-        // A Cloud-like key reads the whitelist from anywhere, so only `covers` tells the
-        // address is not listed yet.
+        // Refused at first, so the IP is added; then the provider lets the key work from here
+        // before its list shows the address (modelled by a key that reads from anywhere), so
+        // only `covers` tells the address is not listed yet.
         let here = ip("203.0.113.10");
         let api = FakeApi::new(here, &[ip("198.51.100.1")]);
         api.with(|s| {
             s.cloud = true;
             s.propagation = Duration::from_secs(2);
         });
+        api.refuse_next(LIST, -8);
         let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
         assert!(
             matches!(proof.source, Source::Added { checks, .. } if checks >= 2),
@@ -497,6 +614,78 @@ mod tests {
         );
         assert!(proof.whitelist.is_some_and(|w| w.covers(here)));
         assert_eq!(api.calls(ADD), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_works_from_an_unlisted_address_is_not_ip_locked_and_nothing_is_written() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[ip("198.51.100.1")]);
+        api.with(|s| s.cloud = true);
+        let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        assert_eq!(proof.source, Source::NotIpLocked, "{proof}");
+        assert_eq!((api.calls(LIST), api.calls(ADD)), (1, 0));
+        let report = reconciler(&api, TIMEOUT).check(here).await.expect("report");
+        assert!(report.usable() && report.not_ip_locked(), "{report:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_is_not_the_api_ends_every_command_at_once() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        let not_the_api =
+            || ApiError::NotTheApi("http://127.0.0.1:9/jsn does not look like the API: 404".into());
+        api.with(|s| s.scripted.push_back((LIST, not_the_api())));
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("not the API");
+        assert!(matches!(e, ReconcileError::NotTheApi(_)), "{e}");
+        assert!(e.to_string().contains("SENDSMS_API_URL"), "{e}");
+        assert_eq!(
+            api.calls(ADD),
+            0,
+            "nothing is written to something that is not the API"
+        );
+        api.with(|s| s.scripted.push_back((LIST, not_the_api())));
+        let e = reconciler(&api, TIMEOUT)
+            .check(here)
+            .await
+            .expect_err("not the API");
+        assert!(matches!(e, ReconcileError::NotTheApi(_)), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_bootstrap_proxy_is_reported_after_a_few_quick_tries() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        for _ in 0..50 {
+            api.with(|s| {
+                s.scripted
+                    .push_back((ADD, ApiError::Unreachable("connection refused".into())))
+            });
+        }
+        let started = Instant::now();
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("unreachable");
+        assert!(
+            matches!(e, ReconcileError::BootstrapUnreachable { .. }),
+            "{e}"
+        );
+        assert_eq!(api.calls(ADD) as u32, UNREACHABLE_TRIES);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // Without a bootstrap path the direct route is the API itself: retried as any outage.
+        api.with(|s| s.bootstrap_is_direct = true);
+        let e = reconciler(&api, Duration::from_secs(5))
+            .ensure(here)
+            .await
+            .expect_err("unreachable");
+        assert!(matches!(e, ReconcileError::ApiUnavailable { .. }), "{e}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -546,7 +735,15 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(matches!(e, ReconcileError::BootstrapRefused { .. }), "{e}");
-        assert!(e.to_string().contains("Locked On IP"), "{e}");
+        for cause in [
+            "Locked On IP",
+            "SENDSMS_USERNAME",
+            "SENDSMS_API_KEY",
+            "API Keys",
+        ] {
+            assert!(e.to_string().contains(cause), "{cause}: {e}");
+        }
+        assert!(e.to_string().contains("\"Authentication failed"), "{e}");
         assert_eq!(api.calls(ADD), 1, "an auth refusal is not retried");
         assert!(started.elapsed() < Duration::from_secs(1));
         api.with(|s| s.bootstrap_is_direct = true);

@@ -29,6 +29,14 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// `text` (an answer of the API, which might echo the request) with the key blanked out,
+    /// as sent or percent-encoded, and any other credential ([`redact`]).
+    pub(crate) fn redact(&self, text: &str) -> String {
+        redact(text, &[self.api_key.expose_secret()])
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
@@ -81,7 +89,7 @@ impl fmt::Debug for SecretUrl {
 }
 
 /// What stands where a secret was.
-pub(crate) const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[REDACTED]";
 
 /// Parameter names that carry credentials (`password=`, `api_key=`, `token=`, ...), matched
 /// as parts of a lower-cased name.
@@ -234,6 +242,15 @@ mod tests {
     }
 
     #[test]
+    fn an_echoed_key_is_redacted_as_sent_and_encoded() {
+        let credentials = credentials("alice", "k3y/with+chars");
+        let echoed = "bad request: password=k3y%2Fwith%2Bchars, key k3y/with+chars";
+        let shown = credentials.redact(echoed);
+        assert!(!shown.contains("k3y"), "{shown}");
+        assert_eq!(shown.matches("[REDACTED]").count(), 2, "{shown}");
+    }
+
+    #[test]
     fn urls_show_no_password() {
         let url = SecretUrl::new("rediss://:hunter2pw@cache.internal:6380/3".into());
         assert_eq!(url.to_string(), "rediss://cache.internal:6380/3");
@@ -248,20 +265,20 @@ mod tests {
         let cases = [
             (
                 format!("Invalid key {key} for user"),
-                "Invalid key [redacted] for user",
+                "Invalid key [REDACTED] for user",
             ),
             ("key k3y-5ecret%2B7f!".to_owned(), "key k3y-5ecret%2B7f!"),
             (
                 "see https://u:pw-token@echo.example/ip?token=abc&type=A now".to_owned(),
-                "see https://[redacted]@echo.example/ip?token=[redacted]&type=A now",
+                "see https://[REDACTED]@echo.example/ip?token=[REDACTED]&type=A now",
             ),
             (
                 "password=hunter2&user=bob; Authorization: Bearer abc.def".to_owned(),
-                "password=[redacted]&user=bob; Authorization: Bearer [redacted]",
+                "password=[REDACTED]&user=bob; Authorization: Bearer [REDACTED]",
             ),
             (
                 "session id 4f9c2a7b1e8d6f3a0c5b9e2d7a1f4c8b expired".to_owned(),
-                "session id [redacted] expired",
+                "session id [REDACTED] expired",
             ),
             (
                 "dns://1.1.1.1/whoami.cloudflare?type=TXT&class=CH".to_owned(),
@@ -276,7 +293,7 @@ mod tests {
             assert_eq!(redact(&text, &[key]), want, "{text}");
         }
         let encoded = "password=k3y%2B5ecret";
-        assert_eq!(redact(encoded, &["k3y+5ecret"]), "password=[redacted]");
+        assert_eq!(redact(encoded, &["k3y+5ecret"]), "password=[REDACTED]");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::flow::{EnsureError, Flow};
 use crate::metrics::Metrics;
 use crate::net::Family;
 use crate::notify::{Event, Kind, Notifier};
-use crate::reconcile::{Proof, Source};
+use crate::reconcile::{NOT_IP_LOCKED, Proof, ReconcileError, Source};
 use crate::state::{StateFile, VerifiedIp};
 use crate::status::{FamilyStatus, Phase, RecheckRequest, RecheckResult, Shared};
 use crate::util::backoff::{Backoff, jittered};
@@ -61,6 +61,13 @@ pub(crate) struct Sidecar {
     notifier: Option<Notifier>,
     tracked: BTreeMap<Family, Tracked>,
     was_ready: bool,
+    /// Some IP was verified, in this process or (by the state file) for this endpoint before:
+    /// the API URL has worked, so an answer that does not look like the API is an outage.
+    ever_verified: bool,
+    /// Said once: the key is not IP-locked.
+    warned_not_locked: bool,
+    /// Ends the loop: an error no retry can clear (see `verify`).
+    fatal: Option<EnsureError>,
 }
 
 impl Sidecar {
@@ -84,6 +91,7 @@ impl Sidecar {
             metrics,
             flow.coordinator().cloned(),
             notifier.clone(),
+            flow.waits(),
         );
         let mut tracked: BTreeMap<Family, Tracked> = settings
             .families
@@ -98,6 +106,7 @@ impl Sidecar {
                 }
             }
         }
+        let ever_verified = tracked.values().any(|t| t.verified.is_some());
         let sidecar = Sidecar {
             settings,
             detector,
@@ -106,18 +115,22 @@ impl Sidecar {
             notifier,
             tracked,
             was_ready: false,
+            ever_verified,
+            warned_not_locked: false,
+            fatal: None,
         };
         (sidecar, shared, requests)
     }
 
     /// The control loop; returns when `shutdown` resolves, abandoning any round in progress
     /// (the state file is only ever replaced whole, so nothing is left half-written) and
-    /// handing back a lease held mid-work.
+    /// handing back a lease held mid-work. It returns an error only when the API URL never
+    /// worked and does not look like the sendSMS API: no retry clears a wrong URL.
     pub(crate) async fn run(
         mut self,
         mut rechecks: mpsc::Receiver<RecheckRequest>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Result<(), EnsureError> {
         let mut shutdown = pin!(shutdown);
         let mut next_poll = Instant::now();
         let mut last_recheck: Option<Instant> = None;
@@ -158,9 +171,13 @@ impl Sidecar {
                 () = &mut shutdown => break,
                 () = work => {}
             }
+            if self.fatal.is_some() {
+                break;
+            }
         }
         tracing::info!("stopping");
         self.flow.hand_back().await;
+        self.fatal.take().map_or(Ok(()), Err)
     }
 
     /// One pass over every family. `force` re-proves even a fresh, unchanged IP.
@@ -283,6 +300,11 @@ impl Sidecar {
                     .observe(started.elapsed().as_secs_f64());
                 self.proven(family, proof);
             }
+            Err(e @ EnsureError::Reconcile(ReconcileError::NotTheApi(_)))
+                if !self.ever_verified =>
+            {
+                self.fatal = Some(e);
+            }
             Err(e) => {
                 let Some(tracked) = self.tracked.get_mut(&family) else {
                     return;
@@ -336,7 +358,15 @@ impl Sidecar {
                 });
                 VerifiedIp::now(ip)
             }
+            Source::NotIpLocked => {
+                if !self.warned_not_locked {
+                    tracing::warn!(%family, %ip, "{NOT_IP_LOCKED}");
+                    self.warned_not_locked = true;
+                }
+                VerifiedIp::now(ip)
+            }
         };
+        self.ever_verified = true;
         let metrics = self.shared.metrics();
         metrics.verifications.inc();
         metrics.verified(family.as_str(), entry.verified_at);
@@ -585,6 +615,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_api_url_that_never_worked_and_is_not_the_api_ends_the_loop() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        let not_the_api =
+            || crate::sendsms::ApiError::NotTheApi("http://127.0.0.1:9/jsn: HTTP 404".into());
+        rig.api
+            .with(|s| s.scripted.push_back((LIST, not_the_api())));
+        let rechecks = rig.rechecks.take().expect("receiver");
+        let ended = rig.sidecar.run(rechecks, std::future::pending()).await;
+        let e = ended.expect_err("a URL that never worked ends `run`");
+        assert!(e.to_string().contains("SENDSMS_API_URL"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_url_that_worked_before_only_fails_the_round() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        rig.sidecar.round(false).await;
+        rig.api.with(|s| {
+            s.scripted.push_back((
+                LIST,
+                crate::sendsms::ApiError::NotTheApi("http://127.0.0.1:9/json: HTTP 404".into()),
+            ))
+        });
+        rig.sidecar.round(true).await;
+        let snapshot = rig.shared.snapshot();
+        assert_eq!(snapshot.families[&Family::V4].phase, Phase::Failed);
+        assert!(rig.sidecar.fatal.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_is_not_ip_locked_is_ready_without_a_write() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[ip("198.51.100.1")]);
+        rig.api.with(|s| s.cloud = true);
+        rig.sidecar.round(false).await;
+        assert!(rig.shared.snapshot().ready);
+        assert_eq!(rig.api.calls(ADD), 0);
+        assert!(rig.sidecar.warned_not_locked);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_detection_outage_keeps_the_last_verified_state() {
         let here = ip("203.0.113.10");
         let mut rig = rig(here, &[here]);
@@ -615,12 +687,13 @@ mod tests {
             let _ = stop.send(());
             results
         };
-        let ((), results) = tokio::join!(
+        let (ended, results) = tokio::join!(
             rig.sidecar.run(rechecks, async {
                 let _ = stopped.await;
             }),
             callers
         );
+        ended.expect("stopped by the signal, not by an error");
         assert!(
             results.iter().all(|r| r.rechecked),
             "every waiting caller shares the round"

@@ -16,6 +16,7 @@ use crate::notify::{Notifier, TargetStatus};
 use crate::sendsms::Whitelist;
 use crate::util::clock::rfc3339_now;
 use crate::util::lock;
+use crate::util::waits::{Wait, Waits};
 
 /// Where one family stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -58,6 +59,9 @@ pub(crate) struct Snapshot {
     pub(crate) coordination: Option<CoordinationStatus>,
     /// Each notification target; absent when none is configured.
     pub(crate) notifications: Option<Vec<TargetStatus>>,
+    /// The waits in progress that last longer than a moment (a budget, a rate limit, another
+    /// member's lease), read when the snapshot is taken.
+    pub(crate) waits: Vec<Wait>,
 }
 
 /// The answer to `POST /recheck`.
@@ -85,6 +89,7 @@ pub(crate) struct Shared {
     recheck: mpsc::Sender<RecheckRequest>,
     coordinator: Option<Arc<Coordinator>>,
     notifier: Option<Notifier>,
+    waits: Arc<Waits>,
 }
 
 impl Shared {
@@ -95,6 +100,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         coordinator: Option<Arc<Coordinator>>,
         notifier: Option<Notifier>,
+        waits: Arc<Waits>,
     ) -> (Arc<Self>, mpsc::Receiver<RecheckRequest>) {
         let (recheck, requests) = mpsc::channel(RECHECK_QUEUE);
         let shared = Shared {
@@ -112,6 +118,7 @@ impl Shared {
                 started_at: rfc3339_now(),
                 coordination: None,
                 notifications: None,
+                waits: Vec::new(),
             }),
             heartbeat: Mutex::new(Instant::now()),
             stale_after,
@@ -119,6 +126,7 @@ impl Shared {
             recheck,
             coordinator,
             notifier,
+            waits,
         };
         (Arc::new(shared), requests)
     }
@@ -133,6 +141,7 @@ impl Shared {
         snapshot.counters = self.metrics.counters();
         snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
         snapshot.notifications = self.notifier.as_ref().map(Notifier::status);
+        snapshot.waits = self.waits.current();
         snapshot
     }
 

@@ -379,7 +379,7 @@ async fn credentials_in_provider_urls_and_api_messages_are_never_shown() {
     assert!(
         detected
             .stderr
-            .contains(&format!("http://{provider}/ip?[redacted]#one")),
+            .contains(&format!("http://{provider}/ip?[REDACTED]#one")),
         "{detected:?}"
     );
 
@@ -402,7 +402,7 @@ async fn credentials_in_provider_urls_and_api_messages_are_never_shown() {
     );
     let checked = run(&["check"], &env).await;
     assert!(
-        checked.stdout.contains("Invalid password [redacted]"),
+        checked.stdout.contains("Invalid password [REDACTED]"),
         "{checked:?}"
     );
     assert!(!checked.stdout.contains("abc123def"), "{checked:?}");
@@ -412,7 +412,7 @@ async fn credentials_in_provider_urls_and_api_messages_are_never_shown() {
         // `Sidecar::request` asserts the key is in no answer.
         let status = sidecar.status().await;
         if status["last_error"].is_string() {
-            assert!(status.to_string().contains("[redacted]"), "{status}");
+            assert!(status.to_string().contains("[REDACTED]"), "{status}");
             break;
         }
         assert!(Instant::now() < deadline, "no error shown: {status}");

@@ -300,7 +300,14 @@ async fn configuration_errors_exit_2_and_name_the_variable() {
 async fn undetectable_egress_ip_exits_3_without_writing() {
     let emu = Emulator::start(&["--rate-limit", "0"]).await;
     let closed = format!("http://127.0.0.1:{}/ip", harness::free_port());
-    let env = with(emu.env(), &[("SENDSMS_IP_PROVIDERS", closed.as_str())]);
+    // One provider can settle only a quorum of one (a higher one is a configuration error).
+    let env = with(
+        emu.env(),
+        &[
+            ("SENDSMS_IP_PROVIDERS", closed.as_str()),
+            ("SENDSMS_IP_QUORUM", "1"),
+        ],
+    );
     let once = run(&["once"], &env).await;
     assert_eq!(once.code, 3, "{once:?}");
     assert!(

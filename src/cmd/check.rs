@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::detect::Detector;
 use crate::flow::Flow;
 use crate::metrics::Metrics;
-use crate::reconcile::CheckReport;
+use crate::reconcile::{CheckReport, NOT_IP_LOCKED};
 
 /// One report per family; nothing is ever written.
 pub(crate) async fn inspect(config: &Config) -> Result<Vec<CheckReport>, Error> {
@@ -43,6 +43,9 @@ fn print(reports: &[CheckReport]) -> Outcome {
                     }
                 );
                 say!("whitelist: {whitelist}");
+                if report.not_ip_locked() {
+                    say!("not IP-locked: {NOT_IP_LOCKED}");
+                }
             }
             (None, refusal) => {
                 say!(

@@ -82,6 +82,7 @@ pub(crate) fn say_line(line: std::fmt::Arguments<'_>) {
 /// allowed only by an explicit override, and then said loudly on every start.
 pub(crate) fn load_config(default_level: &str) -> Result<Config, Error> {
     let config = Config::from_env()?;
+    config.check_host()?;
     logging::init(config.log_format, default_level);
     let url = &config.flow.api.url;
     if url.scheme() == "http" && !crate::config::host_is_loopback(url) {

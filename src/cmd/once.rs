@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::detect::Detector;
 use crate::flow::Flow;
 use crate::metrics::Metrics;
-use crate::reconcile::Proof;
+use crate::reconcile::{NOT_IP_LOCKED, Proof, Source};
 
 /// The proofs, one per family. Coordinated, it takes a fleet member's fresh record, or the
 /// lease, as `run` does (init containers of a fleet).
@@ -29,7 +29,11 @@ pub(crate) async fn prove(config: &Config) -> Result<Vec<Proof>, Error> {
 }
 
 pub(crate) async fn run(config: &Config) -> Result<Outcome, Error> {
-    for proof in prove(config).await? {
+    let proofs = prove(config).await?;
+    if proofs.iter().any(|p| p.source == Source::NotIpLocked) {
+        tracing::warn!("{NOT_IP_LOCKED}");
+    }
+    for proof in proofs {
         say!("ok: {proof}");
     }
     Ok(Outcome::Success)

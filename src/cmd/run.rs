@@ -48,10 +48,11 @@ pub(crate) async fn run(config: Config) -> Result<Outcome, Error> {
         });
     let server = tokio::spawn(server);
     tracing::info!(%listen, "status server listening");
-    sidecar.run(rechecks, shutdown_signal()).await;
+    let ended = sidecar.run(rechecks, shutdown_signal()).await;
     let _ = stop_server.send(());
     // In-flight status requests get a moment; the process exits regardless.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    ended?;
     Ok(Outcome::Success)
 }
 

@@ -17,8 +17,9 @@ use crate::{coord, detect, flow, notify, sendsms, server, sidecar};
 
 use values::{
     MIN_INTERVAL, parse_api_url, parse_bool, parse_coordination, parse_duration,
-    parse_duration_at_least, parse_families, parse_heartbeat, parse_notify_events,
-    parse_notify_urls, parse_number, parse_providers, parse_proxy, secret_or_file,
+    parse_duration_at_least, parse_extra_roots, parse_families, parse_heartbeat,
+    parse_notify_events, parse_notify_urls, parse_number, parse_providers, parse_proxy,
+    secret_or_file,
 };
 pub(crate) use values::{host_is_loopback, parse_listen};
 
@@ -39,12 +40,22 @@ pub(crate) enum ConfigError {
     },
     #[error("{a} and {b} are both set; set only one of them")]
     Conflict { a: String, b: String },
-    #[error("{var} names a file that cannot be read ({path}): {source}")]
+    /// `access`: for a permission error, who the process runs as and who may read the file.
+    #[error("{var} names a file that cannot be read ({path}): {source}{access}")]
     UnreadableFile {
         var: String,
         path: PathBuf,
         source: std::io::Error,
+        access: String,
     },
+    #[error(
+        "SENDSMS_IP_QUORUM is {quorum}, but the providers in SENDSMS_IP_PROVIDERS are run by \
+         fewer distinct operators ({counted}), so no address could ever be settled. Lower \
+         SENDSMS_IP_QUORUM, add providers of other operators, or, where providers on one domain \
+         are run by different operators, name each one's operator with a #OPERATOR suffix \
+         (https://ip.example.net/#example)"
+    )]
+    QuorumUnreachable { quorum: usize, counted: String },
     #[error("the SENDSMS_* variables cannot be read ({0}); set each one once, in upper case")]
     Environment(String),
 }
@@ -113,6 +124,7 @@ struct RawEnv {
     notify_events: Option<String>,
     heartbeat_url: Option<String>,
     heartbeat_url_file: Option<PathBuf>,
+    extra_ca_file: Option<PathBuf>,
 }
 
 /// Every variable the configuration reads, as the user sets it (`SENDSMS_API_KEY`, ...),
@@ -155,6 +167,24 @@ pub(crate) fn variables() -> Vec<String> {
 impl Config {
     pub(crate) fn from_env() -> Result<Self, ConfigError> {
         Self::from_vars(utf8_env())
+    }
+
+    /// What only this host can tell: a bootstrap bind address must be one of its own. A bind
+    /// to any other sends nothing, so every try would fail the same way; one socket bound and
+    /// dropped here says so at once.
+    pub(crate) fn check_host(&self) -> Result<(), ConfigError> {
+        let Some(ip) = self.flow.api.bootstrap.bind else {
+            return Ok(());
+        };
+        match std::net::UdpSocket::bind((ip, 0)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Err(invalid(
+                "bootstrap_bind",
+                format!("{ip} is not an address of this host ({e})"),
+                "an address of one of this host's interfaces (`ip addr` lists them), such as a \
+                 second interface's or a VPN's, that is on the key's whitelist",
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn from_vars(
@@ -203,9 +233,27 @@ impl RawEnv {
             Some(v) => parse_families(&v)?,
             None => vec![crate::net::Family::V4],
         };
+        let quorum = parse_number("ip_quorum", self.ip_quorum.take(), 2, 1..=16)? as usize;
+        // A quorum more operators than there are can never settle: every detection would fail
+        // (and `run` retry for ever), so it is refused here, before anything is asked.
+        let counts: Vec<(crate::net::Family, Vec<&str>)> = families
+            .iter()
+            .map(|&family| (family, detect::operators_serving(&providers, family)))
+            .collect();
+        if counts.iter().any(|(_, operators)| operators.len() < quorum) {
+            let counted = counts
+                .iter()
+                .map(|(family, operators)| match operators.len() {
+                    0 => format!("{family}: 0"),
+                    n => format!("{family}: {n} ({})", operators.join(", ")),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ConfigError::QuorumUnreachable { quorum, counted });
+        }
         Ok(detect::Settings {
             providers,
-            quorum: parse_number("ip_quorum", self.ip_quorum.take(), 2, 1..=16)? as usize,
+            quorum,
             families,
             allow_non_public: parse_bool("allow_non_public_ips", self.allow_non_public_ips.take())?,
             timeout: parse_duration("request_timeout", self.request_timeout.clone(), "10s")?,
@@ -301,6 +349,7 @@ impl RawEnv {
                         "10s",
                     )?,
                     bootstrap,
+                    extra_roots: parse_extra_roots(self.extra_ca_file)?,
                 },
                 credentials,
                 verify_timeout,
@@ -361,10 +410,11 @@ mod tests {
         Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
-    const BASE: [(&str, &str); 3] = [
+    const BASE: [(&str, &str); 4] = [
         ("SENDSMS_USERNAME", "alice"),
         ("SENDSMS_API_KEY", "s3cret-key"),
         ("SENDSMS_IP_PROVIDERS", "http://127.0.0.1:1/ip"),
+        ("SENDSMS_IP_QUORUM", "1"),
     ];
 
     #[test]
@@ -516,9 +566,65 @@ mod tests {
     }
 
     #[test]
+    fn a_quorum_the_providers_cannot_meet_is_refused_with_the_operators_counted() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut v = BASE.to_vec();
+            v.retain(|(k, _)| pairs.iter().all(|(p, _)| p != k));
+            v.extend_from_slice(pairs);
+            env(&v)
+        };
+        let two = "http://127.0.0.1:1/ip#a,dns://127.0.0.1:2/whoami.test?type=A#b";
+        assert!(with(&[("SENDSMS_IP_PROVIDERS", two), ("SENDSMS_IP_QUORUM", "2")]).is_ok());
+        let e = with(&[("SENDSMS_IP_PROVIDERS", two), ("SENDSMS_IP_QUORUM", "3")])
+            .expect_err("three of two")
+            .to_string();
+        for says in ["SENDSMS_IP_QUORUM is 3", "ipv4: 2 (a, b)", "#OPERATOR"] {
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        // Two providers on one domain are one operator unless named apart.
+        let one_domain = "https://a.example.net/ip,https://b.example.net/ip";
+        let e = with(&[
+            ("SENDSMS_IP_PROVIDERS", one_domain),
+            ("SENDSMS_IP_QUORUM", "2"),
+        ])
+        .expect_err("one operator")
+        .to_string();
+        assert!(e.contains("ipv4: 1 (example.net)"), "{e}");
+        let named = "https://a.example.net/ip#a,https://b.example.net/ip#b";
+        assert!(with(&[("SENDSMS_IP_PROVIDERS", named), ("SENDSMS_IP_QUORUM", "2")]).is_ok());
+        // Each family counts only the providers that can answer for it.
+        let e = with(&[
+            ("SENDSMS_IP_PROVIDERS", two),
+            ("SENDSMS_IP_FAMILIES", "ipv4,ipv6"),
+        ])
+        .expect_err("no IPv6 provider")
+        .to_string();
+        assert!(e.contains("ipv4: 2 (a, b); ipv6: 0"), "{e}");
+    }
+
+    #[test]
+    fn a_bind_address_this_host_does_not_have_is_a_configuration_error() {
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_BOOTSTRAP_BIND", "127.0.0.2"));
+        env(&v)
+            .expect("valid")
+            .check_host()
+            .expect("loopback is this host's");
+        v.pop();
+        // TEST-NET-1: no host has it; binding a socket to it sends nothing anywhere.
+        v.push(("SENDSMS_BOOTSTRAP_BIND", "192.0.2.1"));
+        let e = env(&v).expect("valid").check_host().expect_err("absent");
+        let e = e.to_string();
+        assert!(
+            e.contains("SENDSMS_BOOTSTRAP_BIND") && e.contains("192.0.2.1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_variable_list_is_read_from_the_code() {
         let vars = variables();
-        assert_eq!(vars.len(), 31, "{vars:?}");
+        assert_eq!(vars.len(), 32, "{vars:?}");
         for name in [
             "SENDSMS_USERNAME",
             "SENDSMS_API_KEY_FILE",

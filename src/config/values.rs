@@ -1,7 +1,7 @@
 //! Parsers for single configuration values; each error names the variable and a right value.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -10,6 +10,7 @@ use url::Url;
 use super::{ConfigError, invalid, var};
 use crate::coord;
 use crate::detect::ProviderSpec;
+use crate::http::ExtraRoots;
 use crate::net::Family;
 use crate::notify::{Heartbeat, Kind, Target};
 use crate::secret::SecretUrl;
@@ -27,12 +28,8 @@ pub(super) fn secret_or_file(
         }),
         (Some(v), None) => Ok(Some(SecretString::from(v.trim().to_owned()))),
         (None, Some(path)) => {
-            let var_file = var(&format!("{name}_file"));
-            let content = read_small_file(&path).map_err(|source| ConfigError::UnreadableFile {
-                var: var_file.clone(),
-                path: path.clone(),
-                source,
-            })?;
+            let content = read_small_file(&path)
+                .map_err(|source| unreadable(&format!("{name}_file"), &path, source))?;
             let value = content.trim();
             if value.is_empty() {
                 return Err(invalid(
@@ -84,6 +81,84 @@ fn read_small_file(path: &std::path::Path) -> std::io::Result<String> {
         ));
     }
     Ok(content)
+}
+
+/// A file that cannot be read. Denied, the message says who the process runs as and who may
+/// read the file: in a container the two are often set in different places (the image's USER,
+/// the pod's securityContext, the secret's defaultMode), and neither is in the error itself.
+fn unreadable(name: &str, path: &Path, source: std::io::Error) -> ConfigError {
+    let access = if source.kind() == std::io::ErrorKind::PermissionDenied {
+        access(path)
+    } else {
+        String::new()
+    };
+    ConfigError::UnreadableFile {
+        var: var(name),
+        path: path.to_owned(),
+        source,
+        access,
+    }
+}
+
+/// "; this process runs as uid 1000 (app), gid 1000; the file is owned by uid 0 (root), gid 0
+/// (root), mode 0600", as far as it can be known without privileges.
+fn access(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    // The effective ids decide access: the second field of the Uid and Gid lines.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            .and_then(|id| id.parse::<u32>().ok())
+    };
+    let user = effective("Uid:").map(|uid| named("uid", uid, "/etc/passwd"));
+    let group = effective("Gid:").map(|gid| named("gid", gid, "/etc/group"));
+    let process = match (user, group) {
+        (Some(user), Some(group)) => format!("; this process runs as {user}, {group}"),
+        (Some(user), None) => format!("; this process runs as {user}"),
+        _ => String::new(),
+    };
+    let file = match std::fs::metadata(path) {
+        Ok(meta) => format!(
+            "; the file is owned by {}, {}, mode {:04o}",
+            named("uid", meta.uid(), "/etc/passwd"),
+            named("gid", meta.gid(), "/etc/group"),
+            meta.mode() & 0o7777
+        ),
+        Err(e) => format!("; the file's owner cannot be read either ({e})"),
+    };
+    format!("{process}{file}")
+}
+
+/// "uid 1000 (app)", with the name when `table` (/etc/passwd or /etc/group) has one.
+fn named(kind: &str, id: u32, table: &str) -> String {
+    let table = std::fs::read_to_string(table).unwrap_or_default();
+    let name = table.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_owned())
+    });
+    match name {
+        Some(name) => format!("{kind} {id} ({name})"),
+        None => format!("{kind} {id}"),
+    }
+}
+
+/// `SENDSMS_EXTRA_CA_FILE`: PEM roots trusted beside the built-in ones.
+pub(super) fn parse_extra_roots(path: Option<PathBuf>) -> Result<ExtraRoots, ConfigError> {
+    let Some(path) = path else {
+        return Ok(ExtraRoots::default());
+    };
+    let pem = std::fs::read(&path).map_err(|source| unreadable("extra_ca_file", &path, source))?;
+    ExtraRoots::from_pem(&pem).map_err(|problem| {
+        invalid(
+            "extra_ca_file",
+            format!("{}: {problem}", path.display()),
+            "a PEM file of the CA certificates to trust beside the built-in roots",
+        )
+    })
 }
 
 const COORDINATION_EXPECTED: &str =

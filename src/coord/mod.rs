@@ -15,6 +15,7 @@ use crate::metrics::CoordinationMetrics;
 use crate::secret::{Credentials, SecretUrl, printable};
 use crate::util::backoff::Backoff;
 use crate::util::clock::unix_now_ms;
+use crate::util::waits::Waits;
 use crate::util::{deadline, lock};
 
 /// Where fleet members share whitelist records, leases and the API budget (`SENDSMS_COORDINATION`).
@@ -238,6 +239,7 @@ pub(crate) struct Coordinator {
     metrics: CoordinationMetrics,
     /// The IP whose lease this member holds right now, so a shutdown can hand it back.
     holding: Mutex<Option<IpAddr>>,
+    waits: Arc<Waits>,
 }
 
 /// Waiting for another member's record: 100 ms doubling to 2 s, spread ±50 % so a fleet that
@@ -256,6 +258,7 @@ impl Coordinator {
         settings: &Settings,
         credentials: &Credentials,
         metrics: Option<CoordinationMetrics>,
+        waits: Arc<Waits>,
     ) -> Result<Option<Arc<Self>>, StoreError> {
         let scope = Scope::of(credentials);
         let (store, shown) = match &settings.mode {
@@ -291,6 +294,7 @@ impl Coordinator {
             member,
             metrics,
             holding: Mutex::new(None),
+            waits,
         })))
     }
 
@@ -366,8 +370,10 @@ impl Coordinator {
                             "the fleet's API budget ({limit} calls per minute) has no room before the deadline (the next call fits in {wait:.1?})"
                         ));
                     }
-                    tracing::debug!(?wait, "fleet API budget spent; waiting");
-                    tokio::time::sleep(wait.min(POLL.max * 5)).await;
+                    let cause = format!(
+                        "the fleet's API budget (SENDSMS_API_BUDGET={limit} calls a minute) is spent"
+                    );
+                    self.waits.sleep(cause, wait.min(POLL.max * 5)).await;
                 }
             }
         }
@@ -389,6 +395,8 @@ impl Coordinator {
             holder: self.lock().lease_holder.clone().unwrap_or_default(),
             waited: started.elapsed(),
         };
+        // Listed from the first time another member holds the lease until this call returns.
+        let mut waiting = None;
         loop {
             match self.fresh_record(ip, not_before_ms).await {
                 Ok(Some(record)) => return Coordinated::Peer(record),
@@ -399,6 +407,8 @@ impl Coordinator {
             }
             match self.observe(self.store.try_lease(ip, &self.member, self.lease_ttl).await) {
                 Ok(None) => {
+                    // The wait is over: this member leads now.
+                    drop(waiting.take());
                     // The previous holder may have written its record and let go between our
                     // read and our lease: look again before spending any call.
                     if let Ok(Some(record)) = self.fresh_record(ip, not_before_ms).await {
@@ -411,6 +421,13 @@ impl Coordinator {
                     let holder = printable(&holder);
                     if self.lock().lease_holder.as_ref() != Some(&holder) {
                         tracing::info!(%ip, %holder, "another member is whitelisting; waiting for its record");
+                    }
+                    if waiting.is_none() {
+                        let cause = format!(
+                            "another member ({holder}) holds the whitelist lease for {ip}; waiting for its record"
+                        );
+                        let left = self.wait_limit.saturating_sub(started.elapsed());
+                        waiting = Some(self.waits.begin(cause, left));
                     }
                     self.lock().lease_holder = Some(holder);
                 }
@@ -630,5 +647,73 @@ mod contract {
             None,
             "an expired lease is free"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::flow_settings;
+
+    #[tokio::test]
+    async fn a_wait_for_another_members_lease_is_shown_while_it_lasts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flow = flow_settings(Duration::from_secs(30));
+        let mut settings = flow.coordination.clone();
+        settings.mode = Mode::File(dir.path().to_path_buf());
+        let member = |name: &str, waits: Arc<Waits>| {
+            let mut coordinator = Coordinator::new(&settings, &flow.credentials, None, waits)
+                .expect("store")
+                .expect("coordinated");
+            // One process, two members: each needs a name of its own.
+            Arc::get_mut(&mut coordinator)
+                .expect("not shared yet")
+                .member = name.to_owned();
+            coordinator
+        };
+        let waits = Arc::new(Waits::default());
+        let (holder, waiter) = (member("a", Arc::default()), member("b", Arc::clone(&waits)));
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let (started, leading) = tokio::sync::oneshot::channel::<()>();
+        let lead = tokio::spawn(async move {
+            let work = async {
+                let _ = started.send(());
+                let _ = finished.await;
+                Ok::<(), ()>(())
+            };
+            matches!(holder.ensure(ip, 0, work).await, Coordinated::Own(Ok(())))
+        });
+        leading.await.expect("the holder leads");
+        let wait = tokio::spawn(async move {
+            let work = async { Ok::<(), ()>(()) };
+            matches!(waiter.ensure(ip, 0, work).await, Coordinated::Peer(_))
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listed = loop {
+            let listed = waits.current();
+            if !listed.is_empty() || Instant::now() > deadline {
+                break listed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(
+            listed[0]
+                .cause
+                .contains("another member (a) holds the whitelist lease for 203.0.113.7"),
+            "{listed:?}"
+        );
+        assert!(
+            listed[0].seconds > 30.0,
+            "at most the wait limit: {listed:?}"
+        );
+        let _ = finish.send(());
+        assert!(lead.await.expect("holder"), "the holder did the work");
+        assert!(
+            wait.await.expect("waiter"),
+            "the waiter took the holder's record"
+        );
+        assert!(waits.current().is_empty(), "the wait is over");
     }
 }

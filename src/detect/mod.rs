@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use quorum::{Votes, settled};
-pub(crate) use spec::{ProviderKind, ProviderSpec, default_providers};
+pub(crate) use spec::{ProviderKind, ProviderSpec, default_providers, operators_serving};
 
 use crate::net::{Family, non_public_reason};
 use crate::util::backoff::Backoff;

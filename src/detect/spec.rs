@@ -125,6 +125,19 @@ impl fmt::Display for ProviderSpec {
     }
 }
 
+/// The distinct operators among `providers` that can answer for `family`, sorted: the most
+/// votes a quorum of that family can ever count.
+pub(crate) fn operators_serving(providers: &[ProviderSpec], family: Family) -> Vec<&str> {
+    let mut operators: Vec<&str> = providers
+        .iter()
+        .filter(|p| p.family().is_none_or(|f| f == family))
+        .map(|p| p.operator.as_str())
+        .collect();
+    operators.sort_unstable();
+    operators.dedup();
+    operators
+}
+
 /// The operator a host name most likely belongs to: its last two labels (an IP stays whole).
 fn registrable(host: &str) -> String {
     let host = host
@@ -240,7 +253,7 @@ mod tests {
             .expect("http with credentials");
         assert_eq!(
             secret.to_string(),
-            "https://echo.example:8443/ip?[redacted]#echo"
+            "https://echo.example:8443/ip?[REDACTED]#echo"
         );
         let iface: ProviderSpec = "iface:eth0".parse().expect("iface");
         assert_eq!(iface.kind, ProviderKind::Iface("eth0".into()));
@@ -267,13 +280,7 @@ mod tests {
             "every built-in spec parses"
         );
         for family in [Family::V4, Family::V6] {
-            let mut ops: Vec<&str> = all
-                .iter()
-                .filter(|p| p.family().is_none_or(|f| f == family))
-                .map(|p| p.operator.as_str())
-                .collect();
-            ops.sort_unstable();
-            ops.dedup();
+            let ops = operators_serving(&all, family);
             assert!(ops.len() >= 4, "{family}: {ops:?}");
         }
     }

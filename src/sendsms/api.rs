@@ -154,22 +154,40 @@ struct WireResponse {
     details: Value,
 }
 
+/// Why a body is not an answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Unparsed {
+    /// Not a JSON object at all, or one without the API's integer `status`: whatever answered
+    /// is not the sendSMS API.
+    #[error("{0}")]
+    Foreign(String),
+    /// A JSON object cut short or garbled on the way: the next answer may well be whole.
+    #[error("{0}")]
+    Damaged(String),
+}
+
 /// Decodes a body whatever its content type said (the API labels JSON as text/html).
-pub(crate) fn parse_response(body: &[u8]) -> Result<ApiResponse, String> {
+pub(crate) fn parse_response(body: &[u8]) -> Result<ApiResponse, Unparsed> {
     // A UTF-8 byte-order mark or leading blanks from a misbehaving front end are tolerated.
     let text = String::from_utf8_lossy(body);
     let trimmed = text.trim_start_matches('\u{feff}').trim();
     if !trimmed.starts_with('{') {
-        return Err(format!(
+        return Err(Unparsed::Foreign(format!(
             "the answer is not a JSON object ({} bytes)",
             body.len()
-        ));
+        )));
     }
     let wire: WireResponse = serde_json::from_str(trimmed).map_err(|e| {
-        format!(
+        let why = format!(
             "the answer is not the API's JSON ({e}; {} bytes)",
             body.len()
-        )
+        );
+        // Well-formed JSON of another shape comes from something else; broken JSON was
+        // damaged on its way.
+        match e.classify() {
+            serde_json::error::Category::Data => Unparsed::Foreign(why),
+            _ => Unparsed::Damaged(why),
+        }
     })?;
     let message = match wire.message {
         Value::String(s) => s,
@@ -183,26 +201,34 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<ApiResponse, String> {
     })
 }
 
-/// A failed call. The text never holds the URL (and so never the key).
+/// A failed call. The text never holds the URL with its query (and so never the key).
 #[derive(Clone, Debug, thiserror::Error)]
 pub(crate) enum ApiError {
-    #[error("the API answered status {code} ({message})", code = status.code())]
+    /// `message` is the API's own, quoted as it came (without the key, should it echo it).
+    #[error("the API answered status {code}: \"{message}\"", code = status.code())]
     Refused { status: ApiStatus, message: String },
     #[error("the API answered HTTP {0}")]
     Http(u16),
     #[error("the API could not be reached: {0}")]
     Transport(String),
+    /// No connection could be opened: refused, no route, or a host name that does not resolve
+    /// (with a proxy, the proxy's).
+    #[error("no connection: {0}")]
+    Unreachable(String),
     #[error("the API's answer was unusable: {0}")]
     Malformed(String),
+    /// Something answered, but not as the sendSMS API does: HTTP 404, a redirect, or a body
+    /// that is not its JSON. It names `SENDSMS_API_URL`, which has no query, and what came.
+    #[error(
+        "{0}. Check SENDSMS_API_URL: it must be the API's JSON endpoint, such as \
+         https://api.sendsms.ro/json"
+    )]
+    NotTheApi(String),
     /// A status that is neither a documented refusal nor success for this action.
     #[error(
-        "the API answered status {code} ({message}) to {action}, which is not a success code for it (0 or 1); nothing is assumed done"
+        "the API answered status {code} ({message}), which is not a success code (0 or 1); nothing is assumed done"
     )]
-    UnexpectedStatus {
-        action: &'static str,
-        code: i64,
-        message: String,
-    },
+    UnexpectedStatus { code: i64, message: String },
     /// The call was never sent: no budget before the operation's deadline.
     #[error("the call was not made: {0}")]
     NotSent(String),
@@ -224,8 +250,10 @@ impl ApiError {
             },
             ApiError::Http(429) => Verdict::RateLimited,
             ApiError::Http(code) if *code >= 500 => Verdict::Transient,
-            ApiError::Http(_) => Verdict::Permanent,
-            ApiError::Transport(_) | ApiError::Malformed(_) => Verdict::Transient,
+            ApiError::Http(_) | ApiError::NotTheApi(_) => Verdict::Permanent,
+            ApiError::Transport(_) | ApiError::Unreachable(_) | ApiError::Malformed(_) => {
+                Verdict::Transient
+            }
             ApiError::UnexpectedStatus { .. } => Verdict::Unexpected,
             // Waiting longer is what the budget asks for; the deadline decides whether there is time.
             ApiError::NotSent(_) => Verdict::RateLimited,
@@ -279,5 +307,20 @@ mod tests {
         assert!(parse_response(b"<html>502</html>").is_err());
         let r = parse_response(br#"{"status":0}"#).expect("json without message");
         assert_eq!(r.message, "");
+    }
+
+    #[test]
+    fn a_body_cut_short_is_damaged_and_one_of_another_shape_is_foreign() {
+        let foreign = |body: &[u8]| matches!(parse_response(body), Err(Unparsed::Foreign(_)));
+        assert!(foreign(b"<html><body>404 Not Found</body></html>"));
+        assert!(foreign(b"203.0.113.7\n"));
+        assert!(
+            foreign(br#"{"ip":"203.0.113.7"}"#),
+            "JSON, but not the API's"
+        );
+        assert!(foreign(br#"{"status":"ok"}"#));
+        let damaged = |body: &[u8]| matches!(parse_response(body), Err(Unparsed::Damaged(_)));
+        assert!(damaged(br#"{"status": 0, "message": "OK", "details": ["#));
+        assert!(damaged(br#"{"status": 0, "message": "OK" "details"}"#));
     }
 }

@@ -8,11 +8,13 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use url::Url;
 
-use super::api::{Action, ApiError, ApiResponse, MAX_RESPONSE_BYTES, Verdict, parse_response};
+use super::api::{
+    Action, ApiError, ApiResponse, MAX_RESPONSE_BYTES, Unparsed, Verdict, parse_response,
+};
 use super::whitelist::Whitelist;
 use crate::http;
 use crate::net::Family;
-use crate::secret::{Credentials, SecretUrl, printable, redact};
+use crate::secret::{Credentials, SecretUrl, printable};
 
 /// Called around every API request: the budgets wait in `before_call` (an error means the
 /// call is not made, and says why), the metrics count in `after_call`.
@@ -34,6 +36,8 @@ pub(crate) struct Settings {
     /// One HTTP request, connect included.
     pub(crate) request_timeout: Duration,
     pub(crate) bootstrap: BootstrapPath,
+    /// Roots trusted beside the built-in ones (`SENDSMS_EXTRA_CA_FILE`).
+    pub(crate) extra_roots: http::ExtraRoots,
 }
 
 /// How `token_add_ip` reaches the API: the already-authorized route.
@@ -54,9 +58,12 @@ impl fmt::Display for BootstrapPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.proxy, &self.bind) {
             (None, None) => f.write_str("the direct route"),
-            (Some(p), None) => write!(f, "bootstrap proxy {p}"),
-            (None, Some(b)) => write!(f, "bootstrap bind address {b}"),
-            (Some(p), Some(b)) => write!(f, "bootstrap proxy {p} from {b}"),
+            (Some(p), None) => write!(f, "bootstrap proxy {p} (SENDSMS_BOOTSTRAP_PROXY)"),
+            (None, Some(b)) => write!(f, "bootstrap bind address {b} (SENDSMS_BOOTSTRAP_BIND)"),
+            (Some(p), Some(b)) => write!(
+                f,
+                "bootstrap proxy {p} from {b} (SENDSMS_BOOTSTRAP_PROXY, SENDSMS_BOOTSTRAP_BIND)"
+            ),
         }
     }
 }
@@ -127,10 +134,10 @@ impl Client {
             route: route.clone(),
             reason,
         };
-        let mut builder = http::client_builder(
+        let mut builder = settings.extra_roots.trusted_by(http::client_builder(
             settings.request_timeout,
             path.bind.or(family.map(Family::unspecified)),
-        );
+        ));
         if let Some(proxy) = &path.proxy {
             // Proxy::all tunnels https with CONNECT, so the proxy sees only the host name.
             let proxy = reqwest::Proxy::all(proxy.expose())
@@ -182,13 +189,33 @@ impl Client {
                 query.append_pair(name, &value);
             }
         }
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| ApiError::Transport(http::describe(e)))?;
+        let response = self.http.get(url).send().await.map_err(|e| {
+            if http::is_unreachable(&e) {
+                ApiError::Unreachable(http::describe(e))
+            } else if http::is_tls_failure(&e) {
+                ApiError::Transport(format!(
+                    "{} (no trusted root signed the certificate of the API or of an https:// \
+                     proxy; a proxy that re-signs TLS needs its CA in SENDSMS_EXTRA_CA_FILE)",
+                    http::describe(e)
+                ))
+            } else {
+                ApiError::Transport(http::describe(e))
+            }
+        })?;
         let status = response.status();
+        // No path of the API answers 404, and a redirect is never followed (it could carry the
+        // key elsewhere): either says the URL is not the endpoint.
+        if status == reqwest::StatusCode::NOT_FOUND || status.is_redirection() {
+            return Err(self.not_the_api(format!(
+                "it answered HTTP {}{}",
+                status.as_u16(),
+                if status.is_redirection() {
+                    " (a redirect, never followed)"
+                } else {
+                    ""
+                }
+            )));
+        }
         if !status.is_success() {
             return Err(ApiError::Http(status.as_u16()));
         }
@@ -198,14 +225,19 @@ impl Client {
                 http::BodyError::TooLarge { .. } => ApiError::Malformed(e.to_string()),
                 http::BodyError::Transport(t) => ApiError::Transport(t),
             })?;
-        let answer = parse_response(&body).map_err(ApiError::Malformed)?;
+        let answer = parse_response(&body).map_err(|e| match e {
+            Unparsed::Foreign(why) => self.not_the_api(why),
+            Unparsed::Damaged(why) => ApiError::Malformed(why),
+        })?;
         if action.succeeded(answer.status) {
             return Ok(answer);
         }
         // The API's own words may echo the key or carry another credential: they are
         // redacted before anything stores, logs or shows them.
         let message = printable(
-            &redact(&answer.message, &[self.credentials.api_key.expose_secret()])
+            &self
+                .credentials
+                .redact(&answer.message)
                 .chars()
                 .take(200)
                 .collect::<String>(),
@@ -217,11 +249,21 @@ impl Client {
             }
         } else {
             ApiError::UnexpectedStatus {
-                action: action.name(),
                 code: answer.status.code(),
                 message,
             }
         })
+    }
+
+    /// The endpoint, shown without credentials, query or fragment (the configuration allows
+    /// none of them; this holds even if that changes).
+    fn not_the_api(&self, why: String) -> ApiError {
+        let mut shown = self.endpoint.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        ApiError::NotTheApi(format!("{shown} does not look like the sendSMS API: {why}"))
     }
 
     pub(crate) async fn list_ips(&self) -> Result<Whitelist, ApiError> {
@@ -257,6 +299,7 @@ pub(crate) struct Routes {
     direct: [Client; 2],
     bootstrap: Client,
     bootstrap_is_direct: bool,
+    bootstrap_via_proxy: bool,
 }
 
 impl Routes {
@@ -277,6 +320,7 @@ impl Routes {
             direct: [direct(Family::V4)?, direct(Family::V6)?],
             bootstrap: Client::bootstrap(settings, credentials, observer)?,
             bootstrap_is_direct: settings.bootstrap.is_direct(),
+            bootstrap_via_proxy: settings.bootstrap.proxy.is_some(),
         })
     }
 
@@ -290,5 +334,9 @@ impl Routes {
 
     pub(crate) fn bootstrap_is_direct(&self) -> bool {
         self.bootstrap_is_direct
+    }
+
+    pub(crate) fn bootstrap_via_proxy(&self) -> bool {
+        self.bootstrap_via_proxy
     }
 }

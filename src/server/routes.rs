@@ -145,6 +145,7 @@ mod tests {
             Arc::new(Metrics::new(None)),
             None,
             None,
+            Arc::default(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -244,6 +244,7 @@ pub(crate) fn flow_settings(verify_timeout: Duration) -> crate::flow::Settings {
             url: url::Url::parse("http://127.0.0.1:9/json").expect("url"),
             request_timeout: Duration::from_secs(5),
             bootstrap: crate::sendsms::BootstrapPath::default(),
+            extra_roots: crate::http::ExtraRoots::default(),
         },
         verify_timeout,
         api_budget: 600,
