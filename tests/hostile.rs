@@ -342,6 +342,33 @@ async fn budget_waits_end_at_the_deadline_whatever_the_wall_clock_says() {
     assert_eq!(ran.code, 5, "{ran:?}");
     assert!(ran.stderr.contains("API budget"), "{ran:?}");
     assert!(ran.elapsed < Duration::from_secs(7), "{ran:?}");
+
+    // `run` whose budget is spent when the app asks for a re-proof: nothing disproves the
+    // address, so it stays verified and ready, and the re-proof is tried again later.
+    let listed = emulator(true, &[]).await;
+    let env = env_for(
+        &listed,
+        &[
+            ("SENDSMS_API_BUDGET", "1"),
+            ("SENDSMS_VERIFY_TIMEOUT", "2s"),
+            ("SENDSMS_RECHECK_MIN_INTERVAL", "1s"),
+        ],
+    );
+    let sidecar = Sidecar::start(&env).await;
+    sidecar.wait_readyz(200, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, _) = sidecar.request(reqwest::Method::POST, "/recheck").await;
+    assert_eq!(code, 200);
+    sidecar
+        .wait_for_log("re-proof postponed", Duration::from_secs(10))
+        .await;
+    assert!(sidecar.ready().await, "a spent budget dropped readiness");
+    assert_eq!(
+        listed.api_requests().await,
+        1,
+        "the budget of 1 a minute held"
+    );
+    assert_eq!(sidecar.terminate().await.code, 0);
 }
 
 // ---------------------------------------------------------------------------------------
