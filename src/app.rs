@@ -1,5 +1,6 @@
 //! The program: parse the command line, run one command, and turn how it ended into an exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -129,7 +130,9 @@ pub fn main() -> ExitCode {
         Ok(Outcome::Success) => Exit::Success,
         Ok(Outcome::NotUsable) => Exit::NotUsable,
         Err(error) => {
-            eprintln!("error: {error}");
+            // As for standard output (`say!`): a closed standard error must not turn the
+            // documented exit code into a panic's.
+            let _ = writeln!(std::io::stderr().lock(), "error: {error}");
             exit_code(&error)
         }
     };

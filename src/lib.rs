@@ -6,7 +6,7 @@
 //! - leaves:
 //!   - `net`: address families and which addresses are public.
 //!   - `secret`: credentials and URLs that are never shown whole.
-//!   - `util`: one lock idiom, one clock, one backoff with jitter, atomic file writes, visible waits.
+//!   - `util`: one lock idiom, one clock, one backoff with jitter, deadlines that bound every wait, atomic file writes, visible waits.
 //!   - `http`: the hardened HTTP client every outgoing call uses.
 //!   - `netwatch`: this host's addresses, followed through rtnetlink as they change.
 //!   - `metrics`: every count and gauge, for `/metrics` and `/status` alike.
@@ -26,7 +26,7 @@
 //!   - `status`: the state the loop writes and the servers read.
 //!   - `sidecar`: the control loop of `run`.
 //!   - `gateway`: the drop-in sendSMS API for the app, holding calls across an egress change.
-//!   - `server`: the HTTP server and its status routes.
+//!   - `server`: the one hardened HTTP server (timeouts, size limits, connection cap, liveness lane) and the status routes.
 //! - configuration:
 //!   - `config`: the `SENDSMS_*` environment, checked, split into each part's settings.
 //! - commands:

@@ -293,6 +293,16 @@ impl Sidecar {
         }
         let started = Instant::now();
         let result = self.flow.ensure(ip, not_before_ms).await;
+        if let (true, Err(e @ EnsureError::NoBudget { .. })) = (reproof, &result) {
+            // Nothing disproved the address, which was verified: it stays so, and the proof
+            // is tried again when the budget has room.
+            let delay = self.settings.poll_interval.max(RETRY.min);
+            tracing::warn!(%family, %ip, error = %e, retry_in = ?delay, "re-proof postponed");
+            if let Some(tracked) = self.tracked.get_mut(&family) {
+                tracked.retry_at = Some(Instant::now() + delay);
+            }
+            return;
+        }
         match result {
             Ok(proof) => {
                 self.shared

@@ -94,7 +94,7 @@ impl TestNet {
             &[
                 ("SENDSMS_ALLOW_INSECURE_API_URL", "true"),
                 ("SENDSMS_BOOTSTRAP_BIND", &self.bastion()),
-                ("SENDSMS_POLL_INTERVAL", "300ms"),
+                ("SENDSMS_POLL_INTERVAL", "1s"),
                 ("SENDSMS_LOG_FORMAT", "json"),
                 ("SENDSMS_API_BUDGET", "120"),
             ],

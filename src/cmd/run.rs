@@ -23,20 +23,19 @@ pub(crate) struct Listeners {
     gateway: Option<TcpListener>,
 }
 
-async fn bind(what: String, address: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| Error::Bind { what, source })
+/// A listener with the hardened server's deep accept queue.
+fn bind(what: String, address: SocketAddr) -> Result<TcpListener, Error> {
+    server::bind(address).map_err(|source| Error::Bind { what, source })
 }
 
 impl Listeners {
     pub(crate) async fn bind(config: &Config) -> Result<Self, Error> {
         let listen = config.server.listen;
-        let status = bind(format!("SENDSMS_LISTEN={listen}"), listen).await?;
+        let status = bind(format!("SENDSMS_LISTEN={listen}"), listen)?;
         let gateway = match &config.gateway {
             Some(gateway) => {
                 let what = format!("SENDSMS_GATEWAY_LISTEN={}", gateway.listen);
-                Some(bind(what, gateway.listen).await?)
+                Some(bind(what, gateway.listen)?)
             }
             None => None,
         };
@@ -97,7 +96,17 @@ pub(crate) async fn serve(
         config.server.recheck_allow_remote,
         recheck_timeout,
     );
-    let mut servers = vec![tokio::spawn(server::serve(listener, router, stopped()))];
+    // A few probes, Prometheus and the app's rechecks: 256 connections leave room for them all,
+    // and bound a flood's memory to about 6 MiB of buffers.
+    let status_limits = server::Limits {
+        max_connections: 256,
+        ..server::Limits::default()
+    };
+    let status_server = server::Server::new(router)
+        .limits(status_limits)
+        .liveness(server::routes::liveness(Arc::clone(&shared)))
+        .serve(listener, stopped());
+    let mut servers = vec![tokio::spawn(status_server)];
     tracing::info!(%listen, "status server listening");
     let mut gateway = None;
     if let (Some(mut settings), Some(listener)) = (config.gateway.clone(), gateway_listener) {
@@ -111,7 +120,19 @@ pub(crate) async fn serve(
             observer,
         );
         let router = Arc::clone(&started).router();
-        servers.push(tokio::spawn(server::serve(listener, router, stopped())));
+        // Every held call is an open connection: room for the held-call cap and more, many
+        // from one address (an app pod, or a node's pods behind one address), and a form body
+        // as large as the gateway reads.
+        let limits = server::Limits {
+            max_connections: settings.limits.max_held.saturating_mul(2).max(2048),
+            max_per_peer: settings.limits.max_held.max(1024),
+            max_body_bytes: crate::gateway::MAX_REQUEST_BYTES,
+            ..server::Limits::default()
+        };
+        let gateway_server = server::Server::new(router)
+            .limits(limits)
+            .serve(listener, stopped());
+        servers.push(tokio::spawn(gateway_server));
         let listen = settings.listen;
         if settings.token.is_none() && !listen.ip().is_loopback() {
             tracing::warn!(%listen, "the gateway listens beyond loopback without SENDSMS_GATEWAY_TOKEN: every caller that is not on loopback is refused");

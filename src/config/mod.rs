@@ -15,12 +15,13 @@ use crate::secret::Credentials;
 use crate::state::StateFile;
 use crate::{coord, detect, flow, gateway, notify, sendsms, server, sidecar};
 
-pub(crate) use values::{host_is_loopback, parse_listen};
 use values::{
-    parse_api_url, parse_bool, parse_coordination, parse_duration, parse_extra_roots,
-    parse_families, parse_heartbeat, parse_notify_events, parse_notify_urls, parse_number,
-    parse_providers, parse_proxy, secret_or_file,
+    MIN_INTERVAL, parse_api_url, parse_bool, parse_coordination, parse_duration,
+    parse_duration_at_least, parse_extra_roots, parse_families, parse_heartbeat,
+    parse_notify_events, parse_notify_urls, parse_number, parse_providers, parse_proxy,
+    secret_or_file,
 };
+pub(crate) use values::{host_is_loopback, parse_listen};
 
 const ENV_PREFIX: &str = "SENDSMS_";
 const DEFAULT_API_URL: &str = "https://api.sendsms.ro/json";
@@ -409,19 +410,30 @@ impl RawEnv {
                 api_budget: parse_number("api_budget", self.api_budget, 8, 1..=600)?,
                 coordination: coord::Settings {
                     mode: parse_coordination(self.coordination)?,
-                    lease: parse_duration("coordination_lease", self.coordination_lease, "15s")?,
+                    lease: parse_duration_at_least(
+                        "coordination_lease",
+                        self.coordination_lease,
+                        "15s",
+                        MIN_INTERVAL,
+                    )?,
                     record_ttl: reverify_interval,
                     verify_timeout,
                 },
             },
             sidecar: sidecar::Settings {
                 families: detection.families.clone(),
-                poll_interval: parse_duration("poll_interval", self.poll_interval, "60s")?,
+                poll_interval: parse_duration_at_least(
+                    "poll_interval",
+                    self.poll_interval,
+                    "60s",
+                    MIN_INTERVAL,
+                )?,
                 reverify_interval,
-                recheck_min_interval: parse_duration(
+                recheck_min_interval: parse_duration_at_least(
                     "recheck_min_interval",
                     self.recheck_min_interval,
                     "10s",
+                    MIN_INTERVAL,
                 )?,
                 state_file,
             },
@@ -600,6 +612,39 @@ mod tests {
                 "{value}: {e}"
             );
             assert!(!e.contains("hunter2pw"), "{e}");
+        }
+    }
+
+    #[test]
+    fn hazardous_values_are_refused() {
+        for (var, value) in [
+            ("SENDSMS_COORDINATION_LEASE", "1ns"),
+            ("SENDSMS_POLL_INTERVAL", "1ms"),
+            ("SENDSMS_RECHECK_MIN_INTERVAL", "999ms"),
+        ] {
+            let mut v = BASE.to_vec();
+            v.push((var, value));
+            let e = env(&v).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("at least 1s"), "{e}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'k'; 64 * 1024 + 1]).expect("big file");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        let mut files = vec![("/dev/zero".to_owned(), "not a regular file")];
+        files.push((big.display().to_string(), "larger than 65536 bytes"));
+        if made.is_ok_and(|s| s.success()) {
+            files.push((fifo.display().to_string(), "not a regular file"));
+        }
+        for (path, says) in files {
+            let e = env(&[("SENDSMS_USERNAME", "a"), ("SENDSMS_API_KEY_FILE", &path)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("SENDSMS_API_KEY_FILE") && e.contains(says),
+                "{path}: {e}"
+            );
         }
     }
 

@@ -301,9 +301,13 @@ impl Forwarder {
             if call.action.kind == Kind::Query {
                 // Billed sends are never delayed by the budget; queries share it with the
                 // whitelist flow and the fleet, and wait for it at most the hold.
+                // Under the hold's deadline, the budgets refuse at once a call that cannot fit
+                // in time instead of waiting past it.
+                let deadline = hold.deadline;
                 let budget = async {
-                    self.observer.before_call(label).await;
-                    true
+                    crate::util::deadline::within(deadline, self.observer.before_call(label))
+                        .await
+                        .is_ok()
                 };
                 if hold.wait(budget).await != Waited::Done {
                     return (

@@ -71,12 +71,13 @@ impl CallObserver for Budget {
     fn before_call(
         &self,
         _action: &'static str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async {
             self.asked.fetch_add(1, Ordering::SeqCst);
             while self.closed.load(Ordering::SeqCst) {
                 self.open.notified().await;
             }
+            Ok(())
         })
     }
 

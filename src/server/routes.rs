@@ -39,6 +39,24 @@ pub(crate) fn router(
         })
 }
 
+/// What a full server still answers (the liveness lane of `server::listener`): `/healthz`,
+/// and 503 for anything else.
+pub(crate) fn liveness(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(|| async {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its connection limit; only /healthz is answered\n".into(),
+            )
+        })
+        .with_state(App {
+            shared,
+            allow_remote_recheck: false,
+            recheck_timeout: Duration::ZERO,
+        })
+}
+
 fn text(code: StatusCode, body: String) -> Response {
     (
         code,
