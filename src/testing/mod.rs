@@ -18,10 +18,54 @@ use crate::sendsms::whitelist::WhitelistEntry;
 use crate::sendsms::{Added, ApiError, Whitelist};
 use crate::util::lock;
 
+/// The log lines written on this thread while it lives (a test on tokio's current-thread
+/// runtime logs from this thread only), without colours.
+pub(crate) struct Logs {
+    written: Arc<Mutex<Vec<u8>>>,
+    _installed: tracing::subscriber::DefaultGuard,
+}
+
+/// Where captured log lines go.
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    pub(crate) fn capture() -> Self {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&written);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        Logs {
+            written,
+            _installed: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Everything logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.written)).into_owned()
+    }
+}
+
 /// A detection source whose answer the test sets, and which counts the questions it got.
 pub(crate) struct FakeSource {
     answer: Mutex<Result<IpAddr, ProviderError>>,
     asked: AtomicU32,
+    /// How long each answer takes (tokio's clock, so paused tests control the order).
+    delay: Mutex<Duration>,
 }
 
 impl FakeSource {
@@ -29,7 +73,18 @@ impl FakeSource {
         Arc::new(FakeSource {
             answer: Mutex::new(Ok(ip)),
             asked: AtomicU32::new(0),
+            delay: Mutex::new(Duration::ZERO),
         })
+    }
+
+    /// Each answer from now on takes `delay`.
+    pub(crate) fn delay(&self, delay: Duration) {
+        *lock(&self.delay) = delay;
+    }
+
+    /// Refuses every lookup from now on as a throttling provider does (HTTP 403 or 429).
+    pub(crate) fn throttle(&self, why: &str) {
+        *lock(&self.answer) = Err(ProviderError::Throttled(why.to_owned()));
     }
 
     /// The address it gives from now on.
@@ -65,7 +120,13 @@ impl IpSource for FakeSource {
     fn lookup(&self, _family: Family) -> LookupFuture<'_> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         let answer = lock(&self.answer).clone();
-        Box::pin(async move { answer })
+        let delay = *lock(&self.delay);
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        })
     }
 }
 
