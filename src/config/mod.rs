@@ -260,6 +260,25 @@ impl RawEnv {
     }
 
     fn notify(&mut self) -> Result<notify::Settings, ConfigError> {
+        // A value read from a file is blamed on the variable that was set: NAME_FILE.
+        let blamed = |from_file: bool| {
+            move |e| match e {
+                ConfigError::Invalid {
+                    var,
+                    problem,
+                    expected,
+                } if from_file => ConfigError::Invalid {
+                    var: format!("{var}_FILE"),
+                    problem,
+                    expected,
+                },
+                other => other,
+            }
+        };
+        let (urls_file, heartbeat_file) = (
+            self.notify_urls_file.is_some(),
+            self.heartbeat_url_file.is_some(),
+        );
         let urls = secret_or_file(
             "notify_urls",
             self.notify_urls.take(),
@@ -273,12 +292,14 @@ impl RawEnv {
         let (chosen, not_ready_for) = parse_notify_events(self.notify_events.take())?;
         Ok(notify::Settings {
             targets: urls
-                .map(|u| parse_notify_urls(&u))
+                .map(|u| parse_notify_urls(&u).map_err(blamed(urls_file)))
                 .transpose()?
                 .unwrap_or_default(),
             chosen,
             not_ready_for,
-            heartbeat: heartbeat.map(|h| parse_heartbeat(&h)).transpose()?,
+            heartbeat: heartbeat
+                .map(|h| parse_heartbeat(&h).map_err(blamed(heartbeat_file)))
+                .transpose()?,
             retry: notify::RETRY,
             attempts: 5,
             timeout: Duration::from_secs(10),
@@ -295,13 +316,22 @@ impl RawEnv {
                     hint: "the sendSMS account user name (or SENDSMS_USERNAME_FILE)",
                 }
             })?;
+        // A conflict names the two variables that were set, files included.
+        let key_var = match self.api_key_file {
+            Some(_) => "api_key_file",
+            None => "api_key",
+        };
+        let password_var = match self.password_file {
+            Some(_) => "password_file",
+            None => "password",
+        };
         let key = secret_or_file("api_key", self.api_key, self.api_key_file)?;
         let password = secret_or_file("password", self.password, self.password_file)?;
         let api_key = match (key, password) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Conflict {
-                    a: var("api_key"),
-                    b: var("password"),
+                    a: var(key_var),
+                    b: var(password_var),
                 });
             }
             (Some(k), None) | (None, Some(k)) => k,
@@ -447,6 +477,39 @@ mod tests {
             e.contains("SENDSMS_API_KEY") && e.contains("SENDSMS_PASSWORD"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_value_read_from_a_file_is_blamed_on_the_file_variable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, content: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            path.display().to_string()
+        };
+        let (key, heartbeat) = (file("key", "k3y"), file("heartbeat", "not a url"));
+        let e = env(&[
+            ("SENDSMS_USERNAME", "a"),
+            ("SENDSMS_API_KEY_FILE", &key),
+            ("SENDSMS_PASSWORD", "pw"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("SENDSMS_API_KEY_FILE and SENDSMS_PASSWORD are both set"),
+            "{e}"
+        );
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_HEARTBEAT_URL_FILE", &heartbeat));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(
+            e.starts_with("SENDSMS_HEARTBEAT_URL_FILE is invalid"),
+            "{e}"
+        );
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_HEARTBEAT_URL", "not a url"));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(e.starts_with("SENDSMS_HEARTBEAT_URL is invalid"), "{e}");
     }
 
     #[test]
