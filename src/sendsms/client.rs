@@ -320,3 +320,103 @@ impl Routes {
         self.bootstrap_via_proxy
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::emulator::{self, KeyKind};
+
+    const KEY: &str = "k3y-in-process";
+
+    fn settings(addr: SocketAddr) -> Settings {
+        Settings {
+            url: Url::parse(&format!("http://{addr}/json")).expect("url"),
+            request_timeout: Duration::from_secs(5),
+            bootstrap: BootstrapPath::default(),
+            extra_roots: http::ExtraRoots::default(),
+        }
+    }
+
+    fn credentials() -> Credentials {
+        Credentials {
+            username: "tester".into(),
+            api_key: secrecy::SecretString::from(KEY.to_owned()),
+        }
+    }
+
+    /// The emulator on `listen`, with one key that lists only `listen`'s own address.
+    async fn api_on(listen: &str) -> emulator::RunningEmulator {
+        let listen: SocketAddr = listen.parse().expect("address");
+        emulator::start(
+            listen,
+            None,
+            emulator::Settings {
+                username: "tester".into(),
+                keys: vec![(KeyKind::Default, KEY.into())],
+                allow: vec![listen.ip()],
+                rate_limit: 0,
+                ..emulator::Settings::default()
+            },
+        )
+        .await
+        .expect("emulator")
+    }
+
+    #[tokio::test]
+    async fn each_direct_route_is_pinned_to_its_family() {
+        for (listen, family, other) in [
+            ("127.0.0.1:0", Family::V4, Family::V6),
+            ("[::1]:0", Family::V6, Family::V4),
+        ] {
+            let api = api_on(listen).await;
+            let settings = settings(api.addr);
+            let route = |family| Client::direct(&settings, &credentials(), family, None);
+            let whitelist = route(family)
+                .expect("client")
+                .list_ips()
+                .await
+                .expect("the key works over its own family");
+            assert!(whitelist.covers(api.addr.ip()), "{whitelist}");
+            let e = route(other)
+                .expect("client")
+                .list_ips()
+                .await
+                .expect_err("pinned to the other family");
+            assert!(
+                matches!(e, ApiError::Unreachable(_)),
+                "{family} API over {other}: {e}"
+            );
+            api.shutdown();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_apis_message_is_cut_to_200_characters_without_the_key() {
+        let message = format!(
+            "{} {KEY} {} {}",
+            "a".repeat(150),
+            url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect::<String>(),
+            "b".repeat(300)
+        );
+        let body = serde_json::json!({ "status": -8, "message": message, "details": null });
+        let addr =
+            harness::fixed_http("127.0.0.1:0", body.to_string().into_bytes(), Duration::ZERO).await;
+        let client =
+            Client::direct(&settings(addr), &credentials(), Family::V4, None).expect("client");
+        let e = client.list_ips().await.expect_err("refused");
+        let ApiError::Refused { status, message } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(*status, super::super::api::ApiStatus::AuthenticationFailed);
+        assert_eq!(message.chars().count(), 200, "{message}");
+        assert!(message.starts_with(&"a".repeat(150)), "{message}");
+        assert!(!message.contains("k3y"), "{message}");
+        assert!(
+            message.ends_with('b') && !message.contains(&"b".repeat(100)),
+            "{message}"
+        );
+        assert!(!e.to_string().contains("k3y"), "{e}");
+    }
+}
