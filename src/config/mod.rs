@@ -523,6 +523,31 @@ mod tests {
     }
 
     #[test]
+    fn an_api_url_with_credentials_or_a_query_is_refused_without_showing_them() {
+        for url in [
+            "https://user:urlpass@api.sendsms.ro/json",
+            "https://user@api.sendsms.ro/json",
+            "https://api.sendsms.ro/json?password=urlpass",
+            "http://127.0.0.1:8089/json?debug=1",
+        ] {
+            let mut v = BASE.to_vec();
+            v.push(("SENDSMS_API_URL", url));
+            let e = env(&v).expect_err(url).to_string();
+            assert!(
+                e.starts_with("SENDSMS_API_URL is invalid (it carries credentials or a query"),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("urlpass") && !e.contains("user"), "{url}: {e}");
+        }
+        let mut v = BASE.to_vec();
+        for url in ["http://localhost/json", "http://[::1]:8089/json"] {
+            v.push(("SENDSMS_API_URL", url));
+            assert!(env(&v).is_ok(), "{url}");
+            v.pop();
+        }
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_and_errors() {
         let mut v = BASE.to_vec();
         v.push((
