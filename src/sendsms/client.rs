@@ -393,6 +393,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answers_up_to_256_kib_are_read_and_larger_ones_refused_whole() {
+        let answer = |padding: usize| {
+            let body = serde_json::json!({
+                "status": 0,
+                "message": "x".repeat(padding),
+                "details": ["203.0.113.7"],
+            });
+            body.to_string().into_bytes()
+        };
+        let limit = MAX_RESPONSE_BYTES;
+        assert_eq!(limit, 262_144);
+        let overhead = answer(0).len();
+        for (size, fits) in [(limit, true), (limit + 1, false)] {
+            let body = answer(size - overhead);
+            assert_eq!(body.len(), size);
+            let addr = harness::fixed_http("127.0.0.1:0", body, Duration::ZERO).await;
+            let client =
+                Client::direct(&settings(addr), &credentials(), Family::V4, None).expect("client");
+            let read = client.list_ips().await;
+            match read {
+                Ok(list) => assert!(fits && list.covers("203.0.113.7".parse().expect("ip"))),
+                Err(e) => assert!(
+                    !fits && matches!(&e, ApiError::Malformed(why) if why.contains("exceeds")),
+                    "{size} bytes: {e}"
+                ),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_added_address_is_listed_and_a_second_add_is_a_duplicate() {
+        let api = api_on("127.0.0.1:0").await;
+        let client =
+            Client::direct(&settings(api.addr), &credentials(), Family::V4, None).expect("client");
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        assert_eq!(client.add_ip(ip).await.expect("added"), Added::New);
+        assert_eq!(client.add_ip(ip).await.expect("listed"), Added::Duplicate);
+        let whitelist = client.list_ips().await.expect("list");
+        assert!(whitelist.covers(ip), "{whitelist}");
+        api.shutdown();
+    }
+
+    #[tokio::test]
     async fn the_apis_message_is_cut_to_200_characters_without_the_key() {
         let message = format!(
             "{} {KEY} {} {}",
