@@ -600,6 +600,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn every_read_goes_over_the_direct_route_of_the_addresss_family() {
+        for here in [ip("203.0.113.10"), ip("2001:db8::10")] {
+            let api = FakeApi::new(here, &[]);
+            api.with(|s| s.propagation = Duration::from_secs(2));
+            let reconciler = reconciler(&api, TIMEOUT);
+            reconciler.ensure(here).await.expect("proof");
+            reconciler.check(here).await.expect("report");
+            let detected = async { Ok::<_, ()>(here) };
+            reconciler
+                .ensure_detected(Family::of(here), detected)
+                .await
+                .expect("detected")
+                .expect("proof");
+            let over = api.with(|s| s.read_over.clone());
+            assert!(over.len() >= 4, "{over:?}");
+            assert!(
+                over.iter().all(|f| *f == Family::of(here)),
+                "{here}: {over:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_key_that_works_from_an_unlisted_address_is_not_ip_locked_and_nothing_is_written() {
         let here = ip("203.0.113.10");
         let api = FakeApi::new(here, &[ip("198.51.100.1")]);

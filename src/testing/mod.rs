@@ -152,6 +152,8 @@ pub(crate) struct FakeState {
     pub(crate) scripted: VecDeque<(&'static str, ApiError)>,
     /// Every call: its action and when it was made.
     pub(crate) calls: Vec<(&'static str, Instant)>,
+    /// The family of each `token_list_ips` call's direct route.
+    pub(crate) read_over: Vec<Family>,
 }
 
 /// The action names, as the API spells them.
@@ -173,6 +175,7 @@ impl FakeApi {
                 propagation: Duration::ZERO,
                 scripted: VecDeque::new(),
                 calls: Vec::new(),
+                read_over: Vec::new(),
             }),
         })
     }
@@ -251,7 +254,8 @@ impl FakeState {
 }
 
 impl Api for FakeApi {
-    fn list_ips(&self, _family: Family) -> ApiFuture<'_, Whitelist> {
+    fn list_ips(&self, family: Family) -> ApiFuture<'_, Whitelist> {
+        self.with(|s| s.read_over.push(family));
         let result = self.call(LIST).and_then(|()| {
             self.with(|s| {
                 let effective = s.effective(Instant::now());
