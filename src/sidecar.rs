@@ -613,7 +613,13 @@ mod tests {
         rig.api
             .with(|s| s.scripted.push_back((LIST, not_the_api())));
         let rechecks = rig.rechecks.take().expect("receiver");
-        let ended = rig.sidecar.run(rechecks, std::future::pending()).await;
+        // Bounded (in the paused clock's time): a loop that never ends fails here, at once.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(3600),
+            rig.sidecar.run(rechecks, std::future::pending()),
+        )
+        .await
+        .expect("the loop ends within an hour");
         let e = ended.expect_err("a URL that never worked ends `run`");
         assert!(e.to_string().contains("SENDSMS_API_URL"), "{e}");
     }
