@@ -22,7 +22,7 @@ FAULT_MATRIX_RUN_OUT="$out/run.md" cargo test --locked -q --test netns run_fault
   echo "## \`once\`: 20 runs per scenario"
   echo
   echo "Each run starts a fresh emulator (a child process) on loopback; \`SENDSMS_VERIFY_TIMEOUT=15s\`"
-  echo "unless the scenario needs longer (100 s for a minute of rate limiting, 40 s for a 10 s"
+  echo "unless the scenario needs longer (100 s for a minute of rate limiting, 90 s for a 10 s"
   echo "propagation delay, 600 s for the rows of random faults, which then cannot fail by chance),"
   echo "the default \`SENDSMS_REQUEST_TIMEOUT\` of 10 s, the bootstrap path bound to 127.0.0.2. Exit"
   echo "codes: 0 verified, 4 the API refused the bootstrap path or it could not be reached (a dead"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need on a fresh Debian machine
 # (tinyproxy for the proxy path, iproute2 for the network-namespace tests, redis-server for the
-# fleet tests, which start their own servers on loopback), then runs them.
+# fleet tests, which start their own servers on loopback, libfaketime for the clock cases of
+# tests/hostile.rs), then runs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

@@ -1,5 +1,6 @@
 //! The program: parse the command line, run one command, and turn how it ended into an exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -81,7 +82,18 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let command = cli.command.unwrap_or(Command::Run);
+    // `run` reads its configuration first: the gateway serves apps on every core, while
+    // everything else is one thread's light work.
+    let run_config = match command {
+        Command::Run => Some(cmd::load_config("info")),
+        _ => None,
+    };
+    let mut builder = match &run_config {
+        Some(Ok(config)) if config.gateway.is_some() => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|source| Error::Startup {
@@ -90,8 +102,11 @@ pub fn main() -> ExitCode {
         });
     let result = runtime.and_then(|runtime| {
         runtime.block_on(async {
-            match cli.command.unwrap_or(Command::Run) {
-                Command::Run => cmd::run::run(cmd::load_config("info")?).await,
+            match command {
+                Command::Run => match run_config {
+                    Some(config) => cmd::run::run(config?).await,
+                    None => cmd::run::run(cmd::load_config("info")?).await,
+                },
                 Command::Health { url } => cmd::health::run(url).await,
                 Command::Once => cmd::once::run(&cmd::load_config("info")?).await,
                 Command::Check => cmd::check::run(&cmd::load_config("warn")?).await,
@@ -115,7 +130,9 @@ pub fn main() -> ExitCode {
         Ok(Outcome::Success) => Exit::Success,
         Ok(Outcome::NotUsable) => Exit::NotUsable,
         Err(error) => {
-            eprintln!("error: {error}");
+            // As for standard output (`say!`): a closed standard error must not turn the
+            // documented exit code into a panic's.
+            let _ = writeln!(std::io::stderr().lock(), "error: {error}");
             exit_code(&error)
         }
     };

@@ -1,4 +1,4 @@
-//! The process-wide sendSMS call budget: at most N calls in any sliding minute; calls beyond it wait.
+//! The process-wide sendSMS call budget: at most N calls in any sliding minute; calls beyond it wait, never past the deadline.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,7 +7,20 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::util::deadline;
 use crate::util::waits::Waits;
+
+/// No call fits in the budget before the deadline of the operation that wants it: the call is
+/// not made, rather than made late.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "the API budget ({per_window} calls per {window:?}) has no room before the deadline (the next call fits in {wait:.1?})"
+)]
+pub(crate) struct Exhausted {
+    pub(crate) per_window: usize,
+    pub(crate) window: Duration,
+    pub(crate) wait: Duration,
+}
 
 /// The provider allows 10 unbilled queries per minute per account, shared by every pod of the
 /// fleet and the app itself; this keeps one sidecar well inside that.
@@ -40,9 +53,18 @@ impl ApiBudget {
         self
     }
 
-    /// Waits until a call fits in the window, then books it.
-    pub(crate) async fn acquire(&self) {
-        let mut calls = self.calls.lock().await;
+    /// Waits until a call fits in the window, then books it; fails at once when it would not
+    /// fit before the deadline in force. Time is the monotonic clock, so a step of the wall
+    /// clock changes nothing.
+    pub(crate) async fn acquire(&self) -> Result<(), Exhausted> {
+        let exhausted = |wait| Exhausted {
+            per_window: self.per_window,
+            window: self.window,
+            wait,
+        };
+        let mut calls = deadline::bounded(self.calls.lock())
+            .await
+            .map_err(|_| exhausted(Duration::ZERO))?;
         loop {
             let now = Instant::now();
             while calls
@@ -53,15 +75,19 @@ impl ApiBudget {
             }
             if calls.len() < self.per_window {
                 calls.push_back(now);
-                return;
+                return Ok(());
             }
             if let Some(oldest) = calls.front().copied() {
+                let free = oldest + self.window;
+                if !deadline::allows(free) {
+                    return Err(exhausted(free - now));
+                }
                 let cause = format!(
                     "this process's API budget (SENDSMS_API_BUDGET={} calls a minute) is spent",
                     self.per_window
                 );
-                let _waiting = self.waits.begin(cause, oldest + self.window - now);
-                tokio::time::sleep_until(oldest + self.window).await;
+                let _waiting = self.waits.begin(cause, free - now);
+                tokio::time::sleep_until(free).await;
             }
         }
     }
@@ -76,10 +102,14 @@ mod tests {
         let budget = ApiBudget::new(3, Duration::from_secs(60));
         let start = Instant::now();
         for _ in 0..3 {
-            budget.acquire().await;
+            budget.acquire().await.expect("room");
         }
         assert!(start.elapsed() < Duration::from_secs(1));
-        budget.acquire().await;
+        let refused = deadline::within(start + Duration::from_secs(5), budget.acquire()).await;
+        let wait = refused.expect_err("no room before the deadline").wait;
+        assert!(wait > Duration::from_secs(59), "{wait:?}");
+        assert!(start.elapsed() < Duration::from_secs(1), "refused at once");
+        budget.acquire().await.expect("room later");
         assert!(
             start.elapsed() >= Duration::from_secs(60),
             "the fourth call waited a window"
@@ -91,7 +121,7 @@ mod tests {
         let waits = Arc::new(Waits::default());
         let budget =
             Arc::new(ApiBudget::new(1, Duration::from_secs(60)).shown_in(Arc::clone(&waits)));
-        budget.acquire().await;
+        budget.acquire().await.expect("room");
         let second = tokio::spawn({
             let budget = Arc::clone(&budget);
             async move { budget.acquire().await }
@@ -104,7 +134,7 @@ mod tests {
             "{listed:?}"
         );
         assert!(listed[0].seconds >= 59.0, "{listed:?}");
-        second.await.expect("second call");
+        second.await.expect("second call").expect("room");
         assert!(waits.current().is_empty());
     }
 }

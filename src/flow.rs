@@ -12,6 +12,7 @@ use crate::net::Family;
 use crate::reconcile::{Api, CheckReport, Proof, ReconcileError, Reconciler, Source};
 use crate::secret::Credentials;
 use crate::sendsms::{self, CallObserver, Routes, Verdict};
+use crate::util::deadline;
 use crate::util::waits::Waits;
 
 /// What the flow needs from the configuration.
@@ -53,6 +54,10 @@ pub(crate) enum EnsureError {
         holder: String,
         waited: Duration,
     },
+    /// A call was refused for want of budget before the deadline, and nothing disproved the
+    /// address: no news, not a failure of the address.
+    #[error("{ip} could not be proven in time: the API budget is spent ({cause})")]
+    NoBudget { ip: IpAddr, cause: String },
 }
 
 /// Every sendSMS call passes the budgets first (this process's, then the fleet's) and is
@@ -62,15 +67,31 @@ struct Accounting {
     per_minute: u32,
     coordinator: Option<Arc<Coordinator>>,
     metrics: Arc<Metrics>,
+    /// Calls not made because no budget fitted before the deadline.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl Accounting {
+    fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl CallObserver for Accounting {
-    fn before_call(&self, _action: &'static str) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn before_call(
+        &self,
+        _action: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async {
-            self.budget.acquire().await;
-            if let Some(coordinator) = &self.coordinator {
-                coordinator.acquire_budget(self.per_minute).await;
+            let mut booked = self.budget.acquire().await.map_err(|e| e.to_string());
+            if let (Ok(()), Some(coordinator)) = (&booked, &self.coordinator) {
+                booked = coordinator.acquire_budget(self.per_minute).await;
             }
+            if booked.is_err() {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            booked
         })
     }
 
@@ -85,6 +106,7 @@ pub(crate) struct Flow {
     reconciler: Reconciler,
     make_api: MakeApi,
     observer: Arc<dyn CallObserver>,
+    accounting: Arc<Accounting>,
     coordinator: Option<Arc<Coordinator>>,
     verify_timeout: Duration,
     /// Every wait of the flow (budgets, rate limits, a fleet member's lease), for `/status`.
@@ -115,21 +137,29 @@ impl Flow {
             metrics.coordination.clone(),
             Arc::clone(&waits),
         )?;
-        let observer: Arc<dyn CallObserver> = Arc::new(Accounting {
+        let accounting = Arc::new(Accounting {
             budget: ApiBudget::per_minute(settings.api_budget).shown_in(Arc::clone(&waits)),
             per_minute: settings.api_budget,
             coordinator: coordinator.clone(),
             metrics,
+            refused: std::sync::atomic::AtomicU64::new(0),
         });
+        let observer: Arc<dyn CallObserver> = accounting.clone();
         let api = make_api(Arc::clone(&observer))?;
         Ok(Flow {
             reconciler: Reconciler::new(api, settings.verify_timeout).shown_in(Arc::clone(&waits)),
             make_api,
             observer,
+            accounting,
             coordinator,
             verify_timeout: settings.verify_timeout,
             waits,
         })
+    }
+
+    /// The budgets and counts every API call passes; the gateway's queries pass them too.
+    pub(crate) fn observer(&self) -> Arc<dyn CallObserver> {
+        Arc::clone(&self.observer)
     }
 
     /// The waits in progress, as `/status` lists them.
@@ -142,7 +172,7 @@ impl Flow {
     }
 
     /// The longest one `ensure` may take: a coordinated member may wait for a lease holder
-    /// longer than it would verify alone.
+    /// one lease longer than it would verify alone.
     pub(crate) fn time_limit(&self) -> Duration {
         self.coordinator
             .as_ref()
@@ -166,6 +196,28 @@ impl Flow {
         ip: IpAddr,
         not_before_ms: u64,
     ) -> Result<Proof, EnsureError> {
+        let refused = self.accounting.refused();
+        let result = deadline::within(self.deadline(), self.ensure_by(ip, not_before_ms)).await;
+        match result {
+            // The budget, not the API, ended it: say so, so that `run` keeps a verified
+            // address rather than dropping it for want of a call.
+            Err(EnsureError::Reconcile(
+                e @ (ReconcileError::NotVerified { .. } | ReconcileError::ApiUnavailable { .. }),
+            )) if self.accounting.refused() > refused => Err(EnsureError::NoBudget {
+                ip,
+                cause: e.to_string(),
+            }),
+            other => other,
+        }
+    }
+
+    /// Every wait of one `ensure` (the budgets, the store, the lease, its renewals) ends by
+    /// this: the time limit from now.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.time_limit()
+    }
+
+    async fn ensure_by(&self, ip: IpAddr, not_before_ms: u64) -> Result<Proof, EnsureError> {
         let Some(coordinator) = &self.coordinator else {
             return Ok(self.reconciler.ensure(ip).await?);
         };
@@ -202,7 +254,8 @@ impl Flow {
         detection: impl Future<Output = Result<IpAddr, E>>,
     ) -> Result<Result<Proof, EnsureError>, E> {
         if self.coordinator.is_none() {
-            let proof = self.reconciler.ensure_detected(family, detection).await?;
+            let proof = self.reconciler.ensure_detected(family, detection);
+            let proof = deadline::within(self.deadline(), proof).await?;
             return Ok(proof.map_err(EnsureError::from));
         }
         let ip = detection.await?;
@@ -211,7 +264,7 @@ impl Flow {
 
     /// Read-only: does the key work from here, and does its whitelist list `ip`?
     pub(crate) async fn check(&self, ip: IpAddr) -> Result<CheckReport, ReconcileError> {
-        self.reconciler.check(ip).await
+        deadline::within(self.deadline(), self.reconciler.check(ip)).await
     }
 
     /// On shutdown: a lease held mid-work goes back at once, bounded so a store that does not
@@ -253,7 +306,7 @@ mod tests {
         // The fake does not pass through the observer; the real routes do. Drive it directly.
         let started = tokio::time::Instant::now();
         for _ in 0..3 {
-            flow.observer.before_call(LIST).await;
+            flow.observer.before_call(LIST).await.expect("budget");
             flow.observer.after_call(LIST, Verdict::Success);
         }
         assert!(

@@ -5,6 +5,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
 /// Why a body could not be read; carries no URL, so it is safe to show.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
@@ -26,11 +29,28 @@ fn root_certificates() -> &'static [reqwest::Certificate] {
     })
 }
 
+/// The TLS settings of a client built without reqwest (the gateway's): the same roots, with
+/// `extra` (`SENDSMS_EXTRA_CA_FILE`) as for every API client, and HTTP/1.1 only.
+pub(crate) fn tls_config(extra: &ExtraRoots) -> std::sync::Arc<rustls::ClientConfig> {
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    roots.add_parsable_certificates(extra.1.iter().cloned());
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}
+
 /// CA certificates trusted in addition to the built-in roots, never instead of them
 /// (`SENDSMS_EXTRA_CA_FILE`): for the API's clients and an `https://` bootstrap proxy only, as
 /// detection must not take a re-signing proxy's word for this host's address.
 #[derive(Clone, Default)]
-pub(crate) struct ExtraRoots(Arc<Vec<reqwest::Certificate>>);
+pub(crate) struct ExtraRoots(
+    Arc<Vec<reqwest::Certificate>>,
+    Arc<Vec<CertificateDer<'static>>>,
+);
 
 impl ExtraRoots {
     /// The certificates of a PEM file; an error says what is wrong with it.
@@ -52,7 +72,11 @@ impl ExtraRoots {
                     describe(e)
                 )
             })?;
-        Ok(ExtraRoots(Arc::new(certificates)))
+        // The same certificates as rustls takes them, for the gateway's client.
+        let der = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not a PEM file of certificates ({e})"))?;
+        Ok(ExtraRoots(Arc::new(certificates), Arc::new(der)))
     }
 
     /// `builder` trusting these roots too.

@@ -6,8 +6,9 @@
 //! - leaves:
 //!   - `net`: address families and which addresses are public.
 //!   - `secret`: credentials and URLs that are never shown whole.
-//!   - `util`: one lock idiom, one clock, one backoff with jitter, atomic file writes, visible waits.
+//!   - `util`: one lock idiom, one clock, one backoff with jitter, deadlines that bound every wait, atomic file writes, visible waits.
 //!   - `http`: the hardened HTTP client every outgoing call uses.
+//!   - `netwatch`: this host's addresses, followed through rtnetlink as they change.
 //!   - `metrics`: every count and gauge, for `/metrics` and `/status` alike.
 //!   - `logging`: where logs go and how `RUST_LOG` filters them.
 //!   - `emulator`: the offline stand-in for the sendSMS API (used only by commands).
@@ -24,7 +25,8 @@
 //!   - `notify`: webhooks and heartbeats, fed by the loop without ever blocking it.
 //!   - `status`: the state the loop writes and the servers read.
 //!   - `sidecar`: the control loop of `run`.
-//!   - `server`: the HTTP server and its status routes.
+//!   - `gateway`: the drop-in sendSMS API for the app, holding calls across an egress change.
+//!   - `server`: the one hardened HTTP server (timeouts, size limits, connection cap, liveness lane) and the status routes.
 //! - configuration:
 //!   - `config`: the `SENDSMS_*` environment, checked, split into each part's settings.
 //! - commands:
@@ -46,10 +48,12 @@ mod coord;
 mod detect;
 pub mod emulator;
 mod flow;
+mod gateway;
 mod http;
 mod logging;
 mod metrics;
 mod net;
+mod netwatch;
 mod notify;
 mod reconcile;
 mod secret;

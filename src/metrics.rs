@@ -1,5 +1,7 @@
 //! Prometheus metrics, the one count of every event: `/metrics` encodes them, `/status` reads them.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,6 +62,52 @@ pub(crate) struct CoordinationMetrics {
     pub(crate) fallbacks: Counter,
 }
 
+/// Counters by action and outcome that also remember which label sets they have seen, so
+/// `/status` can read them back (the family itself cannot be iterated).
+#[derive(Clone, Default)]
+pub(crate) struct CallCounters {
+    family: Family<CallLabels, Counter>,
+    seen: std::sync::Arc<Mutex<Vec<CallLabels>>>,
+}
+
+impl CallCounters {
+    pub(crate) fn inc(&self, action: &'static str, outcome: &'static str) {
+        let labels = CallLabels { action, outcome };
+        self.family.get_or_create(&labels).inc();
+        let mut seen = lock(&self.seen);
+        if !seen.contains(&labels) {
+            seen.push(labels);
+        }
+    }
+
+    /// Every label set seen, with its count.
+    pub(crate) fn read(&self) -> Vec<(CallLabels, u64)> {
+        let seen = lock(&self.seen).clone();
+        seen.into_iter()
+            .map(|labels| {
+                let count = self.family.get_or_create(&labels).get();
+                (labels, count)
+            })
+            .collect()
+    }
+}
+
+/// The gateway's part of `/status`: the same cells as its metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub(crate) struct GatewayStatus {
+    pub(crate) listen: String,
+    /// Calls by outcome (`forwarded`, `held_then_sent`, `refused`, `outcome_unknown`,
+    /// `caller_refused`).
+    pub(crate) calls: BTreeMap<&'static str, u64>,
+    /// Calls by action, then outcome.
+    pub(crate) calls_by_action: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Calls waiting in the gateway now.
+    pub(crate) held_calls: i64,
+    /// Calls that were held, and their hold time in all.
+    pub(crate) holds: u64,
+    pub(crate) hold_seconds_total: f64,
+}
+
 /// The event counters `/status` shows, read from the metrics themselves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct Counters {
@@ -86,9 +134,16 @@ pub(crate) struct Metrics {
     pub(crate) verification_failures: Counter,
     pub(crate) verification_seconds: Histogram,
     pub(crate) rechecks: Counter,
-    api_calls: Family<CallLabels, Counter>,
-    /// The label sets `api_calls` has seen, so `/status` can add them up.
-    api_call_labels: Mutex<Vec<CallLabels>>,
+    api_calls: CallCounters,
+    /// Gateway calls by action and outcome.
+    pub(crate) gateway_calls: CallCounters,
+    /// Gateway calls waiting now (for readiness, after a refusal, for the budget).
+    pub(crate) gateway_held: Gauge,
+    /// How long each held gateway call was held in all.
+    gateway_hold_seconds: Histogram,
+    /// The histogram's count and sum, which it does not give back, for `/status`.
+    gateway_holds: Counter,
+    gateway_hold_micros: Counter,
     pub(crate) whitelist_size: Gauge,
     last_success: Family<FamilyLabels, Gauge>,
     /// Seconds since each family's last verified round, set when the metrics are encoded.
@@ -114,8 +169,12 @@ impl Metrics {
             verification_failures: Counter::default(),
             verification_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             rechecks: Counter::default(),
-            api_calls: Family::default(),
-            api_call_labels: Mutex::new(Vec::new()),
+            api_calls: CallCounters::default(),
+            gateway_calls: CallCounters::default(),
+            gateway_held: Gauge::default(),
+            gateway_hold_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            gateway_holds: Counter::default(),
+            gateway_hold_micros: Counter::default(),
             whitelist_size: Gauge::default(),
             last_success: Family::default(),
             verified_age: Family::default(),
@@ -166,14 +225,34 @@ impl Metrics {
                 "Whitelist-and-verify rounds that failed",
                 &self.verification_failures,
             ),
-            ("rechecks", "POST /recheck rounds run", &self.rechecks),
+            (
+                "rechecks",
+                "Forced rounds run (POST /recheck, or a gateway call the API refused)",
+                &self.rechecks,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }
         registry.register(
             "api_calls",
             "sendSMS API calls by action and outcome",
-            self.api_calls.clone(),
+            self.api_calls.family.clone(),
+        );
+        registry.register(
+            "gateway_calls",
+            "Calls the gateway answered, by action and outcome (forwarded, held_then_sent, refused, outcome_unknown, caller_refused)",
+            self.gateway_calls.family.clone(),
+        );
+        registry.register(
+            "gateway_held_calls",
+            "Gateway calls held now, waiting for a verified address or the API budget",
+            self.gateway_held.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_hold_duration",
+            "How long a held gateway call was held in all",
+            Unit::Seconds,
+            self.gateway_hold_seconds.clone(),
         );
         registry.register_with_unit(
             "detection_duration",
@@ -287,20 +366,41 @@ impl Metrics {
 
     /// Counts one sendSMS call by its action and how it ended.
     pub(crate) fn count_api_call(&self, action: &'static str, outcome: &'static str) {
-        let labels = CallLabels { action, outcome };
-        self.api_calls.get_or_create(&labels).inc();
-        let mut seen = lock(&self.api_call_labels);
-        if !seen.contains(&labels) {
-            seen.push(labels);
+        self.api_calls.inc(action, outcome);
+    }
+
+    /// One gateway call was held this long in all.
+    pub(crate) fn observe_hold(&self, held: std::time::Duration) {
+        self.gateway_hold_seconds.observe(held.as_secs_f64());
+        self.gateway_holds.inc();
+        self.gateway_hold_micros
+            .inc_by(u64::try_from(held.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// The gateway's part of `/status`, from the same cells `/metrics` encodes.
+    pub(crate) fn gateway_status(&self, listen: SocketAddr) -> GatewayStatus {
+        let mut status = GatewayStatus {
+            listen: listen.to_string(),
+            held_calls: self.gateway_held.get(),
+            holds: self.gateway_holds.get(),
+            hold_seconds_total: self.gateway_hold_micros.get() as f64 / 1e6,
+            ..GatewayStatus::default()
+        };
+        for (labels, count) in self.gateway_calls.read() {
+            *status.calls.entry(labels.outcome).or_default() += count;
+            *status
+                .calls_by_action
+                .entry(labels.action)
+                .or_default()
+                .entry(labels.outcome)
+                .or_default() += count;
         }
+        status
     }
 
     /// The counters `/status` shows, from the same cells `/metrics` encodes.
     pub(crate) fn counters(&self) -> Counters {
-        let api_calls = lock(&self.api_call_labels)
-            .iter()
-            .map(|labels| self.api_calls.get_or_create(labels).get())
-            .sum();
+        let api_calls = self.api_calls.read().iter().map(|(_, count)| count).sum();
         Counters {
             detections: self.detections.get(),
             detection_failures: self.detection_failures.get(),
@@ -374,5 +474,61 @@ mod tests {
             text.contains("sendsms_whitelister_coordination_store_up 1"),
             "{text}"
         );
+    }
+
+    /// The metric names a registry exports: from the `# TYPE` lines, with a counter's `_total`
+    /// (OpenMetrics names the family without it).
+    fn exported(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| {
+                let mut words = rest.split_whitespace();
+                let (name, kind) = (words.next()?, words.next()?);
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_charts_metric_list_is_what_metrics_exports() {
+        let list = include_str!("../helm/metrics.txt");
+        let mut always = std::collections::BTreeSet::new();
+        let mut coordinated = std::collections::BTreeSet::new();
+        for line in list
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [name, _kind, _labels, when] = words[..] else {
+                panic!("helm/metrics.txt: NAME TYPE LABELS WHEN expected: {line}");
+            };
+            match when {
+                "always" => always.insert(name.to_owned()),
+                "coordination" => coordinated.insert(name.to_owned()),
+                other => panic!("helm/metrics.txt: unknown WHEN {other}: {line}"),
+            };
+        }
+        // A labelled family shows in the text once it has a series: give each one.
+        let populated = |metrics: Metrics| {
+            metrics.count_api_call("token_list_ips", "success");
+            metrics.gateway_calls.inc("message_send", "forwarded");
+            metrics.count_notification("https://hooks.example.net", "delivered");
+            metrics.notify_target_up("https://hooks.example.net", true);
+            metrics.verified("ipv4", 1);
+            metrics.encode()
+        };
+        assert_eq!(
+            exported(&populated(Metrics::new(None))),
+            always,
+            "helm/metrics.txt (WHEN always) against /metrics without coordination"
+        );
+        let with_store = exported(&populated(Metrics::new(Some("file"))));
+        let expected: std::collections::BTreeSet<String> =
+            always.union(&coordinated).cloned().collect();
+        assert_eq!(with_store, expected, "with coordination");
     }
 }

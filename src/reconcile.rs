@@ -12,6 +12,7 @@ use crate::net::Family;
 use crate::sendsms::{Added, ApiError, Routes, Verdict, Whitelist};
 use crate::util::backoff::Backoff;
 use crate::util::clock::rfc3339_ms;
+use crate::util::deadline;
 use crate::util::waits::Waits;
 
 /// A boxed future, so the API can be a trait object (the real routes, or a fake in tests).
@@ -267,7 +268,7 @@ impl Reconciler {
         first_read: Result<Whitelist, ApiError>,
         started: Instant,
     ) -> Result<Proof, ReconcileError> {
-        let deadline = started + self.verify_timeout;
+        let deadline = deadline::clamp(started + self.verify_timeout);
         let family = Family::of(ip);
         let proof = |source, whitelist| Proof {
             ip,
@@ -305,6 +306,15 @@ impl Reconciler {
                 return Ok(proof(Source::NotIpLocked, whitelist));
             }
             Err(e @ ApiError::NotTheApi(_)) => return Err(ReconcileError::NotTheApi(e)),
+            // A status no success or refusal explains (an account suspended, say): the
+            // account is in a state this tool does not know, so nothing is written.
+            Err(e) if e.verdict() == Verdict::Unexpected => {
+                return Err(ReconcileError::ApiUnavailable {
+                    during: "token_list_ips",
+                    waited: started.elapsed(),
+                    cause: e.to_string(),
+                });
+            }
             Err(e) => tracing::info!(%ip, cause = %e, "the key does not work from this host yet"),
         }
 
@@ -328,6 +338,13 @@ impl Reconciler {
             })
             .await
             .map_err(|exhausted| match exhausted {
+                Exhausted::Stopped(cause) if cause.verdict() == Verdict::Unexpected => {
+                    ReconcileError::ApiUnavailable {
+                        during: "token_add_ip",
+                        waited: started.elapsed(),
+                        cause: cause.to_string(),
+                    }
+                }
                 Exhausted::Stopped(cause @ ApiError::NotTheApi(_)) => {
                     ReconcileError::NotTheApi(cause)
                 }
@@ -407,7 +424,7 @@ impl Reconciler {
     /// Read-only: does the key work from here, and does its whitelist list `ip`?
     pub(crate) async fn check(&self, ip: IpAddr) -> Result<CheckReport, ReconcileError> {
         let started = Instant::now();
-        let deadline = started + self.verify_timeout;
+        let deadline = deadline::clamp(started + self.verify_timeout);
         let report = |whitelist, refusal| CheckReport {
             ip,
             whitelist,
@@ -515,6 +532,13 @@ fn refusal_hint(direct: bool, cause: &ApiError) -> &'static str {
 
 /// Throttled and transient failures are tried again; anything else ends the attempt.
 fn retry_or_stop<T>(error: ApiError) -> Attempt<T> {
+    // Refused by our own budget: nothing was sent, and the API is not rate-limiting anyone.
+    if matches!(error, ApiError::NotSent(_)) {
+        return Attempt::Again {
+            why: error.to_string(),
+            rate_limited: false,
+        };
+    }
     match error.verdict() {
         Verdict::RateLimited => Attempt::Again {
             why: error.to_string(),

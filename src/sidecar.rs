@@ -16,7 +16,7 @@ use crate::net::Family;
 use crate::notify::{Event, Kind, Notifier};
 use crate::reconcile::{NOT_IP_LOCKED, Proof, ReconcileError, Source};
 use crate::state::{StateFile, VerifiedIp};
-use crate::status::{FamilyStatus, Phase, RecheckRequest, RecheckResult, Shared};
+use crate::status::{Cause, FamilyStatus, Phase, RecheckRequest, RecheckResult, Shared};
 use crate::util::backoff::{Backoff, jittered};
 use crate::util::clock::{rfc3339_ms, rfc3339_now, unix_now_ms};
 
@@ -134,6 +134,7 @@ impl Sidecar {
         let mut shutdown = pin!(shutdown);
         let mut next_poll = Instant::now();
         let mut last_recheck: Option<Instant> = None;
+        let mut last_round: Option<Instant> = None;
         loop {
             let work = async {
                 let wake = self
@@ -144,6 +145,7 @@ impl Sidecar {
                 self.shared.beat();
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => {
+                        last_round = Some(Instant::now());
                         self.round(false).await;
                         next_poll = Instant::now() + jittered(self.settings.poll_interval, POLL_JITTER);
                     }
@@ -153,16 +155,24 @@ impl Sidecar {
                         while let Ok(more) = rechecks.try_recv() {
                             waiting.push(more);
                         }
-                        let due = last_recheck.is_none_or(|t| t.elapsed() >= self.settings.recheck_min_interval);
+                        let asked = waiting.iter().any(|r| r.cause == Cause::Asked)
+                            && last_recheck.is_none_or(|t| t.elapsed() >= self.settings.recheck_min_interval);
+                        // A refusal seen after the last round began is news that round could not
+                        // have answered; the API budget paces these rounds.
+                        let refused = waiting.iter().any(|r| {
+                            r.cause == Cause::Refused && last_round.is_none_or(|t| r.asked_at >= t)
+                        });
+                        let due = asked || refused;
                         if due {
                             last_recheck = Some(Instant::now());
+                            last_round = last_recheck;
                             self.shared.metrics().rechecks.inc();
                             self.round(true).await;
                             next_poll = Instant::now() + jittered(self.settings.poll_interval, POLL_JITTER);
                         }
                         let status = self.shared.snapshot();
-                        for reply in waiting {
-                            let _ = reply.send(RecheckResult { rechecked: due, status: status.clone() });
+                        for request in waiting {
+                            let _ = request.reply.send(RecheckResult { rechecked: due, status: status.clone() });
                         }
                     }
                 }
@@ -255,6 +265,7 @@ impl Sidecar {
                         notifier.event(Event::ip_changed(family, old, ip));
                     }
                     self.shared.metrics().ip_changes.inc();
+                    self.shared.publish_change();
                     tracked.failures = 0;
                     tracked.retry_at = None;
                     if let Err(e) = self.flow.renew_clients() {
@@ -282,6 +293,16 @@ impl Sidecar {
         }
         let started = Instant::now();
         let result = self.flow.ensure(ip, not_before_ms).await;
+        if let (true, Err(e @ EnsureError::NoBudget { .. })) = (reproof, &result) {
+            // Nothing disproved the address, which was verified: it stays so, and the proof
+            // is tried again when the budget has room.
+            let delay = self.settings.poll_interval.max(RETRY.min);
+            tracing::warn!(%family, %ip, error = %e, retry_in = ?delay, "re-proof postponed");
+            if let Some(tracked) = self.tracked.get_mut(&family) {
+                tracked.retry_at = Some(Instant::now() + delay);
+            }
+            return;
+        }
         match result {
             Ok(proof) => {
                 self.shared
@@ -359,6 +380,7 @@ impl Sidecar {
         self.ever_verified = true;
         let metrics = self.shared.metrics();
         metrics.verifications.inc();
+        self.shared.publish_proof();
         metrics.verified(family.as_str(), entry.verified_at);
         if let Some(whitelist) = &proof.whitelist {
             metrics
@@ -422,6 +444,7 @@ impl Sidecar {
             (snap.ready, snap.reason.clone())
         });
         self.shared.metrics().ready.set(i64::from(ready));
+        self.shared.publish_ready(ready);
         if ready != self.was_ready {
             tracing::info!(ready, %reason, "{}", if ready { "ready" } else { "not ready" });
             self.was_ready = ready;
@@ -671,7 +694,7 @@ mod tests {
         let mut rig = rig(here, &[here]);
         let rechecks = rig.rechecks.take().expect("receiver");
         let answers: Vec<_> = (0..5)
-            .map(|_| rig.shared.request_recheck().expect("queued"))
+            .map(|_| rig.shared.request_recheck(Cause::Asked).expect("queued"))
             .collect();
         let shared = Arc::clone(&rig.shared);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -702,7 +725,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_recheck_within_the_min_interval_is_answered_without_a_round() {
+    async fn a_recheck_within_the_min_interval_is_answered_without_a_call() {
         let here = ip("203.0.113.10");
         let mut rig = rig(here, &[here]);
         let rechecks = rig.rechecks.take().expect("receiver");
@@ -716,7 +739,7 @@ mod tests {
             for wait in [0, 5, 5] {
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 let reads = api.calls(LIST);
-                let answer = shared.request_recheck().expect("queued").await;
+                let answer = shared.request_recheck(Cause::Asked).expect("queued").await;
                 let rechecked = answer.expect("answered").rechecked;
                 seen.push((rechecked, api.calls(LIST) - reads));
             }
@@ -730,9 +753,52 @@ mod tests {
             callers
         );
         ended.expect("stopped by the signal");
-        // SENDSMS_RECHECK_MIN_INTERVAL is 10 s here: the one 5 s after a recheck costs nothing.
+        // SENDSMS_RECHECK_MIN_INTERVAL is 10 s here: the one 5 s after a recheck costs nothing,
+        // the one 10 s after it runs a round again.
         assert_eq!(seen, [(true, 1), (false, 0), (true, 1)]);
         assert_eq!(rig.shared.metrics().rechecks.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_answered_by_a_round_begun_after_it_whatever_the_min_interval() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        let rechecks = rig.rechecks.take().expect("receiver");
+        let shared = Arc::clone(&rig.shared);
+        let mut readiness = shared.readiness();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ask = |cause| {
+            let answer = shared.request_recheck(cause).expect("queued");
+            async move { answer.await.expect("answered").rechecked }
+        };
+        let callers = async {
+            let first = ask(Cause::Asked).await;
+            let proofs = readiness.borrow_and_update().proofs;
+            let again = ask(Cause::Asked).await;
+            let refused = ask(Cause::Refused).await;
+            let after = readiness.borrow_and_update().proofs;
+            let _ = stop.send(());
+            (first, again, refused, proofs, after)
+        };
+        let (ended, (first, again, refused, proofs, after)) = tokio::join!(
+            rig.sidecar.run(rechecks, async {
+                let _ = stopped.await;
+            }),
+            callers
+        );
+        assert!(ended.is_ok());
+        assert!(first, "the first recheck runs a round");
+        assert!(
+            !again,
+            "within the min interval, a recheck is answered from the last"
+        );
+        assert!(refused, "a refusal runs a round of its own");
+        assert!(
+            after > proofs,
+            "that round proved the address again: {proofs} -> {after}"
+        );
+        assert!(readiness.borrow().ready);
+        assert_eq!(shared.metrics().rechecks.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]

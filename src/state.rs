@@ -13,6 +13,9 @@ use crate::util::clock::unix_now_ms;
 
 const FORMAT: &str = "sendsms-whitelister/state/v1";
 
+/// A proof this far ahead of our clock is clock skew; further, it is not believed.
+const FUTURE_SKEW_SECS: u64 = 5;
+
 /// One family's verified address and when it was proven.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VerifiedIp {
@@ -85,9 +88,25 @@ impl StateFile {
             }
         };
         match serde_json::from_str::<StateDocument>(&text) {
-            Ok(doc) if doc.format == FORMAT && doc.owner == self.owner => doc.verified,
+            Ok(doc) if doc.format == FORMAT && doc.owner == self.owner => {
+                // Time from a file is data, not truth: a proof dated in the future (a clock
+                // that was ahead, an edited file) would stay "fresh" for as long as it claims.
+                let latest = (unix_now_ms() / 1000).saturating_add(FUTURE_SKEW_SECS);
+                let (believed, future): (Vec<_>, Vec<_>) = doc
+                    .verified
+                    .into_iter()
+                    .partition(|v| v.verified_at <= latest);
+                for entry in future {
+                    tracing::warn!(path = %self.path.display(), ip = %entry.ip, verified_at = entry.verified_at, "a state entry dated in the future is ignored; the address is proven again");
+                }
+                believed
+            }
+            Ok(doc) if doc.format == FORMAT && self.same_account(&doc.owner) => {
+                tracing::warn!(path = %self.path.display(), "state file was written for another API key of this account (key rotated?); ignored, so the new key is proven before the sidecar is ready");
+                Vec::new()
+            }
             Ok(_) => {
-                tracing::warn!(path = %self.path.display(), "state file belongs to another account or version; ignored");
+                tracing::warn!(path = %self.path.display(), "state file belongs to another account, endpoint or version; ignored");
                 Vec::new()
             }
             Err(e) => {
@@ -95,6 +114,16 @@ impl StateFile {
                 Vec::new()
             }
         }
+    }
+
+    /// The same user name and endpoint with another key's fingerprint.
+    fn same_account(&self, owner: &str) -> bool {
+        let account = |o: &str| -> Option<(String, String)> {
+            let (who, url) = o.split_once('@')?;
+            let (user, _fingerprint) = who.rsplit_once('.')?;
+            Some((user.to_owned(), url.to_owned()))
+        };
+        account(owner).is_some_and(|a| Some(a) == account(&self.owner))
     }
 
     pub(crate) fn save(&self, verified: &[VerifiedIp]) -> Result<(), StateError> {
@@ -133,7 +162,7 @@ mod tests {
         assert!(file.load().is_empty(), "missing file");
         let entry = VerifiedIp::now("203.0.113.5".parse().expect("ip"));
         file.save(std::slice::from_ref(&entry)).expect("save");
-        assert_eq!(file.load(), vec![entry]);
+        assert_eq!(file.load(), vec![entry.clone()]);
         for (user, key) in [("bob", "key-1"), ("alice", "key-2")] {
             let other = StateFile::new(
                 path.clone(),
@@ -145,6 +174,16 @@ mod tests {
                 "foreign file: {user} with another key"
             );
         }
+        let future = VerifiedIp {
+            verified_at: unix_now_ms() / 1000 + 365 * 24 * 3600,
+            ..entry.clone()
+        };
+        let far = VerifiedIp {
+            verified_at: u64::MAX,
+            ..entry.clone()
+        };
+        file.save(&[future, far]).expect("save");
+        assert!(file.load().is_empty(), "entries from the future");
         std::fs::write(&path, b"{ not json").expect("corrupt");
         assert!(file.load().is_empty(), "corrupt file");
         assert_eq!(

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::coord::{CoordinationStatus, Coordinator};
-use crate::metrics::{Counters, Metrics};
+use crate::metrics::{Counters, GatewayStatus, Metrics};
 use crate::net::Family;
 use crate::notify::{Notifier, TargetStatus};
 use crate::sendsms::Whitelist;
@@ -57,6 +57,8 @@ pub(crate) struct Snapshot {
     pub(crate) started_at: String,
     /// Absent when `SENDSMS_COORDINATION=none`.
     pub(crate) coordination: Option<CoordinationStatus>,
+    /// Absent when the gateway is off.
+    pub(crate) gateway: Option<GatewayStatus>,
     /// Each notification target; absent when none is configured.
     pub(crate) notifications: Option<Vec<TargetStatus>>,
     /// The waits in progress that last longer than a moment (a budget, a rate limit, another
@@ -72,8 +74,34 @@ pub(crate) struct RecheckResult {
     pub(crate) status: Snapshot,
 }
 
-/// One waiting `POST /recheck`: the loop answers it when its round ends.
-pub(crate) type RecheckRequest = oneshot::Sender<RecheckResult>;
+/// Why a recheck was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// `POST /recheck`: within `SENDSMS_RECHECK_MIN_INTERVAL` of the last one, it is answered
+    /// from that one.
+    Asked,
+    /// The API refused a gateway call for this address: answered only by a round that began
+    /// after the refusal, since an earlier one may have proven an address this host has left.
+    Refused,
+}
+
+/// One waiting recheck: the loop answers it when its round ends.
+pub(crate) struct RecheckRequest {
+    pub(crate) reply: oneshot::Sender<RecheckResult>,
+    pub(crate) cause: Cause,
+    pub(crate) asked_at: Instant,
+}
+
+/// What a held gateway call waits on: readiness, and counters that move when an address is
+/// proven or the egress address changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    pub(crate) ready: bool,
+    /// Addresses proven (by this process or a fleet record) since the start.
+    pub(crate) proofs: u64,
+    /// Egress address changes seen since the start.
+    pub(crate) changes: u64,
+}
 
 /// How many rechecks may wait for the loop at once; more are refused (429).
 const RECHECK_QUEUE: usize = 64;
@@ -88,6 +116,9 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     recheck: mpsc::Sender<RecheckRequest>,
     coordinator: Option<Arc<Coordinator>>,
+    readiness: watch::Sender<Readiness>,
+    /// Where the gateway listens, once it does.
+    gateway: std::sync::OnceLock<std::net::SocketAddr>,
     notifier: Option<Notifier>,
     waits: Arc<Waits>,
 }
@@ -117,6 +148,7 @@ impl Shared {
                 counters: Counters::default(),
                 started_at: rfc3339_now(),
                 coordination: None,
+                gateway: None,
                 notifications: None,
                 waits: Vec::new(),
             }),
@@ -125,6 +157,8 @@ impl Shared {
             metrics,
             recheck,
             coordinator,
+            readiness: watch::Sender::new(Readiness::default()),
+            gateway: std::sync::OnceLock::new(),
             notifier,
             waits,
         };
@@ -140,9 +174,42 @@ impl Shared {
         let mut snapshot = lock(&self.snapshot).clone();
         snapshot.counters = self.metrics.counters();
         snapshot.coordination = self.coordinator.as_ref().map(|c| c.status());
+        snapshot.gateway = self
+            .gateway
+            .get()
+            .map(|listen| self.metrics.gateway_status(*listen));
         snapshot.notifications = self.notifier.as_ref().map(Notifier::status);
         snapshot.waits = self.waits.current();
         snapshot
+    }
+
+    /// The gateway listens on `listen`: `/status` shows its counts from now on.
+    pub(crate) fn gateway_listening(&self, listen: std::net::SocketAddr) {
+        let _ = self.gateway.set(listen);
+    }
+
+    /// Follows readiness, proofs and egress changes as the loop publishes them.
+    pub(crate) fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.subscribe()
+    }
+
+    /// The loop's side: readiness after a change of phase.
+    pub(crate) fn publish_ready(&self, ready: bool) {
+        self.readiness.send_if_modified(|now| {
+            let changed = now.ready != ready;
+            now.ready = ready;
+            changed
+        });
+    }
+
+    /// The loop's side: an address was proven whitelisted and working.
+    pub(crate) fn publish_proof(&self) {
+        self.readiness.send_modify(|now| now.proofs += 1);
+    }
+
+    /// The loop's side: the egress address changed.
+    pub(crate) fn publish_change(&self) {
+        self.readiness.send_modify(|now| now.changes += 1);
     }
 
     /// Changes the state under its lock (the loop's side).
@@ -169,8 +236,13 @@ impl Shared {
     }
 
     /// Queues a recheck; None when too many are waiting already.
-    pub(crate) fn request_recheck(&self) -> Option<oneshot::Receiver<RecheckResult>> {
+    pub(crate) fn request_recheck(&self, cause: Cause) -> Option<oneshot::Receiver<RecheckResult>> {
         let (reply, answer) = oneshot::channel();
-        self.recheck.try_send(reply).ok().map(|()| answer)
+        let request = RecheckRequest {
+            reply,
+            cause,
+            asked_at: Instant::now(),
+        };
+        self.recheck.try_send(request).ok().map(|()| answer)
     }
 }

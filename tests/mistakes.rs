@@ -491,13 +491,16 @@ async fn waits_longer_than_two_seconds_are_logged_and_listed_in_status() {
         "{line}"
     );
 
-    // `run` with a budget of one call a minute: the add waits for the budget, in /status.
+    // `run` with a budget of one call a minute: the add waits for the budget, in /status. The
+    // verify timeout is the default 120 s: a budget wait never runs past it (issue 14), and
+    // the 20 s of the emulator's environment would refuse the call instead of waiting.
     let emu = Emulator::bastioned(&[]).await;
     let env = with(
         emu.env(),
         &[
             ("SENDSMS_BOOTSTRAP_BIND", BASTION),
             ("SENDSMS_API_BUDGET", "1"),
+            ("SENDSMS_VERIFY_TIMEOUT", "120s"),
         ],
     );
     let sidecar = Sidecar::start(&env).await;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use harness::gateway::{app_client, assert_each_logged_once, percentiles, send, send_stream};
 use harness::{Emulator, Env, Sidecar, fixed_http, require_root, require_tool, with};
 
 fn ip(args: &[&str]) {
@@ -93,7 +94,7 @@ impl TestNet {
             &[
                 ("SENDSMS_ALLOW_INSECURE_API_URL", "true"),
                 ("SENDSMS_BOOTSTRAP_BIND", &self.bastion()),
-                ("SENDSMS_POLL_INTERVAL", "300ms"),
+                ("SENDSMS_POLL_INTERVAL", "1s"),
                 ("SENDSMS_LOG_FORMAT", "json"),
                 ("SENDSMS_API_BUDGET", "120"),
             ],
@@ -372,4 +373,116 @@ async fn run_fault_matrix() {
     if let Ok(path) = std::env::var("FAULT_MATRIX_RUN_OUT") {
         std::fs::write(&path, table).expect("write the table");
     }
+}
+
+/// Runs `work` on a thread of its own inside network namespace `namespace` (setns), on a
+/// runtime of its own: the sockets it opens are the namespace's.
+fn in_namespace<F: Future + 'static>(
+    namespace: &str,
+    work: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let path = format!("/var/run/netns/{namespace}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("the namespace's handle");
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns into the test's namespace");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work())
+    })
+}
+
+/// The gateway's promise on a real host: a sender with no credentials, in the namespace, sends
+/// 600 messages at 25 a second through the gateway on its loopback while the namespace's
+/// egress address changes 3 times (1.5 s propagation). The emulator logs each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_loses_and_repeats_nothing_across_three_address_changes() {
+    const MESSAGES: usize = 600;
+    const PER_SECOND: f64 = 25.0;
+    let Some(net) = TestNet::create(30) else {
+        return;
+    };
+    let emu = net.emulator(&["--propagation-delay", "1500"]).await;
+    let env = net.sidecar_env(&emu, &[("SENDSMS_GATEWAY_LISTEN", "0.0.0.0:9798")]);
+    let mut sidecar = net.sidecar(&env).await;
+    sidecar.wait_readyz(200, Duration::from_secs(20)).await;
+
+    // Another host reaching the gateway without a token is refused.
+    let outside: SocketAddr = format!("{}:9798", net.addr(2)).parse().expect("addr");
+    let refused = send(&app_client(), outside, "from-another-host", &[], None).await;
+    assert_eq!(
+        (refused.code, refused.status()),
+        (403, Some(-8)),
+        "{}",
+        refused.body
+    );
+
+    let sender = in_namespace(&net.namespace, move || {
+        send_stream(
+            SocketAddr::from(([127, 0, 0, 1], 9798)),
+            "netns",
+            MESSAGES,
+            PER_SECOND,
+        )
+    });
+    let started = Instant::now();
+    for (at, host) in [(5, 3), (11, 4), (17, 5)] {
+        tokio::time::sleep_until((started + Duration::from_secs(at)).into()).await;
+        net.change_address(&net.addr(host));
+    }
+    sidecar.status = format!("{}:9797", net.addr(5)).parse().expect("addr");
+    let sent = tokio::task::spawn_blocking(move || sender.join())
+        .await
+        .expect("join")
+        .expect("the sender");
+    assert_eq!(sent.len(), MESSAGES);
+    let sent_for = sent.last().map_or(0.0, |_| started.elapsed().as_secs_f64());
+
+    let unknown: Vec<_> = sent.iter().filter(|s| s.code == 502).collect();
+    let odd: Vec<_> = sent
+        .iter()
+        .filter(|s| s.code != 502 && !(s.code == 200 && s.status() == Some(1)))
+        .collect();
+    assert!(
+        odd.is_empty(),
+        "neither sent nor an unknown outcome: {odd:#?}"
+    );
+    assert_each_logged_once(&emu.state().await, &sent);
+
+    let holds: Vec<f64> = sent
+        .iter()
+        .filter_map(|s| s.held_ms)
+        .map(|ms| ms as f64 / 1000.0)
+        .collect();
+    assert!(
+        holds.len() >= 3,
+        "each change held some sends: {}",
+        holds.len()
+    );
+    let (p50, p99, max) = percentiles(&holds);
+    let status = sidecar.status().await;
+    assert_eq!(status["counters"]["ip_changes"], 3, "{status}");
+    let summary = format!(
+        "{MESSAGES} messages at {PER_SECOND} a second over {sent_for:.1} s, 3 address changes (1.5 s propagation): \
+         each logged once; {held} held, hold p50 {p50:.2} s, p99 {p99:.2} s, max {max:.2} s; \
+         {unknown} outcome unknown (502, logged once); gateway calls {calls}",
+        held = holds.len(),
+        unknown = unknown.len(),
+        calls = status["gateway"]["calls"],
+    );
+    println!("{summary}");
+    if let Ok(path) = std::env::var("GATEWAY_NETNS_OUT") {
+        std::fs::write(&path, format!("{summary}\n")).expect("write the summary");
+    }
+    let stopped = sidecar.terminate().await;
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+    assert!(stopped.took < Duration::from_secs(5), "{stopped:?}");
 }

@@ -12,7 +12,7 @@ fn sidecar_env(emu: &Emulator, extra: &[(&str, &str)]) -> Env {
         emu.env(),
         &[
             ("SENDSMS_BOOTSTRAP_BIND", BASTION),
-            ("SENDSMS_POLL_INTERVAL", "200ms"),
+            ("SENDSMS_POLL_INTERVAL", "1s"),
             ("SENDSMS_LOG_FORMAT", "json"),
         ],
     );
@@ -98,7 +98,7 @@ async fn endpoints_report_readiness_status_and_metrics() {
 #[tokio::test]
 async fn idle_polls_make_no_api_call() {
     let emu = Emulator::bastioned(&[]).await;
-    let sidecar = Sidecar::start(&sidecar_env(&emu, &[("SENDSMS_POLL_INTERVAL", "100ms")])).await;
+    let sidecar = Sidecar::start(&sidecar_env(&emu, &[("SENDSMS_POLL_INTERVAL", "1s")])).await;
     sidecar.wait_readyz(200, Duration::from_secs(10)).await;
     let before = emu.api_requests().await;
     // Five more polls, each a detection of the unchanged address, however long they take.
@@ -151,7 +151,7 @@ async fn a_burst_of_rechecks_never_exceeds_the_api_budget() {
         &emu,
         &[
             ("SENDSMS_API_BUDGET", "4"),
-            ("SENDSMS_RECHECK_MIN_INTERVAL", "1ms"),
+            ("SENDSMS_RECHECK_MIN_INTERVAL", "1s"),
         ],
     );
     let sidecar = Sidecar::start(&env).await;

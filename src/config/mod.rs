@@ -13,17 +13,20 @@ use serde::Deserialize;
 use crate::logging::LogFormat;
 use crate::secret::Credentials;
 use crate::state::StateFile;
-use crate::{coord, detect, flow, notify, sendsms, server, sidecar};
+use crate::{coord, detect, flow, gateway, notify, sendsms, server, sidecar};
 
-pub(crate) use values::{host_is_loopback, parse_listen};
 use values::{
-    parse_api_url, parse_bool, parse_coordination, parse_duration, parse_extra_roots,
-    parse_families, parse_heartbeat, parse_notify_events, parse_notify_urls, parse_number,
-    parse_providers, parse_proxy, secret_or_file,
+    MIN_INTERVAL, parse_api_url, parse_bool, parse_coordination, parse_duration,
+    parse_duration_at_least, parse_extra_roots, parse_families, parse_heartbeat,
+    parse_notify_events, parse_notify_urls, parse_number, parse_providers, parse_proxy,
+    secret_or_file,
 };
+pub(crate) use values::{host_is_loopback, parse_listen};
 
 const ENV_PREFIX: &str = "SENDSMS_";
 const DEFAULT_API_URL: &str = "https://api.sendsms.ro/json";
+/// A gateway token shorter than this is refused: it guards the account's SMS.
+const MIN_TOKEN_CHARS: usize = 16;
 
 /// A configuration problem; the message names the variable and what a right value looks like.
 /// It never repeats a secret's value.
@@ -68,6 +71,23 @@ fn var(name: &str) -> String {
     format!("{ENV_PREFIX}{}", name.to_ascii_uppercase())
 }
 
+/// An error about a value read from `NAME_FILE` is blamed on the variable that was set:
+/// `NAME_FILE`, not `NAME`.
+fn blamed(from_file: bool) -> impl Fn(ConfigError) -> ConfigError {
+    move |e| match e {
+        ConfigError::Invalid {
+            var,
+            problem,
+            expected,
+        } if from_file => ConfigError::Invalid {
+            var: format!("{var}_FILE"),
+            problem,
+            expected,
+        },
+        other => other,
+    }
+}
+
 fn invalid(name: &str, problem: impl Into<String>, expected: &'static str) -> ConfigError {
     ConfigError::Invalid {
         var: var(name),
@@ -84,6 +104,8 @@ pub(crate) struct Config {
     pub(crate) detection: detect::Settings,
     pub(crate) sidecar: sidecar::Settings,
     pub(crate) server: server::Settings,
+    /// None unless `SENDSMS_GATEWAY_LISTEN` is set.
+    pub(crate) gateway: Option<gateway::Settings>,
     pub(crate) notify: notify::Settings,
     pub(crate) log_format: Option<LogFormat>,
 }
@@ -118,6 +140,11 @@ struct RawEnv {
     recheck_allow_remote: Option<String>,
     coordination: Option<String>,
     coordination_lease: Option<String>,
+    gateway_listen: Option<String>,
+    gateway_token: Option<String>,
+    gateway_token_file: Option<PathBuf>,
+    gateway_hold: Option<String>,
+    gateway_max_held: Option<String>,
     notify_urls: Option<String>,
     notify_urls_file: Option<PathBuf>,
     notify_events: Option<String>,
@@ -259,22 +286,52 @@ impl RawEnv {
         })
     }
 
-    fn notify(&mut self) -> Result<notify::Settings, ConfigError> {
-        // A value read from a file is blamed on the variable that was set: NAME_FILE.
-        let blamed = |from_file: bool| {
-            move |e| match e {
-                ConfigError::Invalid {
-                    var,
-                    problem,
-                    expected,
-                } if from_file => ConfigError::Invalid {
-                    var: format!("{var}_FILE"),
-                    problem,
-                    expected,
-                },
-                other => other,
-            }
+    /// The gateway's settings; None when `SENDSMS_GATEWAY_LISTEN` is unset (the gateway is off).
+    fn gateway(&mut self) -> Result<Option<gateway::Settings>, ConfigError> {
+        let token_file = self.gateway_token_file.is_some();
+        let token = secret_or_file(
+            "gateway_token",
+            self.gateway_token.take(),
+            self.gateway_token_file.take(),
+        )?;
+        if token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().chars().count() < MIN_TOKEN_CHARS)
+        {
+            return Err(blamed(token_file)(invalid(
+                "gateway_token",
+                format!("shorter than {MIN_TOKEN_CHARS} characters"),
+                "a random token such as the output of openssl rand -hex 32",
+            )));
+        }
+        let hold = parse_duration("gateway_hold", self.gateway_hold.take(), "30s")?;
+        let max_held = parse_number(
+            "gateway_max_held",
+            self.gateway_max_held.take(),
+            1000,
+            1..=100_000,
+        )?;
+        let Some(listen) = self.gateway_listen.take() else {
+            return Ok(None);
         };
+        let listen = listen.trim().parse().map_err(|_| {
+            invalid(
+                "gateway_listen",
+                format!("{listen:?} is not a socket address"),
+                "ADDRESS:PORT such as 127.0.0.1:9798",
+            )
+        })?;
+        Ok(Some(gateway::Settings {
+            listen,
+            token,
+            limits: gateway::Limits {
+                hold,
+                max_held: max_held as usize,
+            },
+        }))
+    }
+
+    fn notify(&mut self) -> Result<notify::Settings, ConfigError> {
         let (urls_file, heartbeat_file) = (
             self.notify_urls_file.is_some(),
             self.heartbeat_url_file.is_some(),
@@ -308,6 +365,7 @@ impl RawEnv {
 
     fn validate(mut self) -> Result<Config, ConfigError> {
         let detection = self.detection()?;
+        let gateway = self.gateway()?;
         let notify = self.notify()?;
         let username =
             secret_or_file("username", self.username, self.username_file)?.ok_or_else(|| {
@@ -385,19 +443,30 @@ impl RawEnv {
                 api_budget: parse_number("api_budget", self.api_budget, 8, 1..=600)?,
                 coordination: coord::Settings {
                     mode: parse_coordination(self.coordination)?,
-                    lease: parse_duration("coordination_lease", self.coordination_lease, "15s")?,
+                    lease: parse_duration_at_least(
+                        "coordination_lease",
+                        self.coordination_lease,
+                        "15s",
+                        MIN_INTERVAL,
+                    )?,
                     record_ttl: reverify_interval,
                     verify_timeout,
                 },
             },
             sidecar: sidecar::Settings {
                 families: detection.families.clone(),
-                poll_interval: parse_duration("poll_interval", self.poll_interval, "60s")?,
+                poll_interval: parse_duration_at_least(
+                    "poll_interval",
+                    self.poll_interval,
+                    "60s",
+                    MIN_INTERVAL,
+                )?,
                 reverify_interval,
-                recheck_min_interval: parse_duration(
+                recheck_min_interval: parse_duration_at_least(
                     "recheck_min_interval",
                     self.recheck_min_interval,
                     "10s",
+                    MIN_INTERVAL,
                 )?,
                 state_file,
             },
@@ -409,6 +478,7 @@ impl RawEnv {
                 )?,
             },
             detection,
+            gateway,
             notify,
             log_format: match self.log_format.as_deref().map(str::trim) {
                 None => None,
@@ -568,6 +638,34 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_is_off_unless_it_has_an_address() {
+        assert!(env(&BASE).expect("valid").gateway.is_none());
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_GATEWAY_LISTEN", "127.0.0.1:9798"));
+        let gateway = env(&v).expect("valid").gateway.expect("on");
+        assert_eq!(gateway.listen.port(), 9798);
+        assert_eq!(gateway.limits.hold, Duration::from_secs(30));
+        assert_eq!(gateway.limits.max_held, 1000);
+        assert!(gateway.token.is_none());
+        v.push(("SENDSMS_GATEWAY_TOKEN", "short-tok3n"));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("SENDSMS_GATEWAY_TOKEN") && !e.contains("short-tok3n"),
+            "{e}"
+        );
+        v.pop();
+        v.push(("SENDSMS_GATEWAY_TOKEN", "0123456789abcdef0123"));
+        v.push(("SENDSMS_GATEWAY_HOLD", "5s"));
+        let c = env(&v).expect("valid");
+        let gateway = c.gateway.expect("on");
+        assert_eq!(gateway.limits.hold, Duration::from_secs(5));
+        assert!(!format!("{gateway:?}").contains("0123456789abcdef0123"));
+        v.push(("SENDSMS_GATEWAY_LISTEN", "localhost"));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(e.contains("SENDSMS_GATEWAY_LISTEN"), "{e}");
+    }
+
+    #[test]
     fn coordination_modes_and_their_errors() {
         let with = |value: &str| {
             let mut v = BASE.to_vec();
@@ -605,6 +703,39 @@ mod tests {
                 "{value}: {e}"
             );
             assert!(!e.contains("hunter2pw"), "{e}");
+        }
+    }
+
+    #[test]
+    fn hazardous_values_are_refused() {
+        for (var, value) in [
+            ("SENDSMS_COORDINATION_LEASE", "1ns"),
+            ("SENDSMS_POLL_INTERVAL", "1ms"),
+            ("SENDSMS_RECHECK_MIN_INTERVAL", "999ms"),
+        ] {
+            let mut v = BASE.to_vec();
+            v.push((var, value));
+            let e = env(&v).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("at least 1s"), "{e}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'k'; 64 * 1024 + 1]).expect("big file");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        let mut files = vec![("/dev/zero".to_owned(), "not a regular file")];
+        files.push((big.display().to_string(), "larger than 65536 bytes"));
+        if made.is_ok_and(|s| s.success()) {
+            files.push((fifo.display().to_string(), "not a regular file"));
+        }
+        for (path, says) in files {
+            let e = env(&[("SENDSMS_USERNAME", "a"), ("SENDSMS_API_KEY_FILE", &path)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("SENDSMS_API_KEY_FILE") && e.contains(says),
+                "{path}: {e}"
+            );
         }
     }
 
@@ -667,7 +798,7 @@ mod tests {
     #[test]
     fn the_variable_list_is_read_from_the_code() {
         let vars = variables();
-        assert_eq!(vars.len(), 32, "{vars:?}");
+        assert_eq!(vars.len(), 37, "{vars:?}");
         for name in [
             "SENDSMS_USERNAME",
             "SENDSMS_API_KEY_FILE",

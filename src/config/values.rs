@@ -28,7 +28,7 @@ pub(super) fn secret_or_file(
         }),
         (Some(v), None) => Ok(Some(SecretString::from(v.trim().to_owned()))),
         (None, Some(path)) => {
-            let content = std::fs::read_to_string(&path)
+            let content = read_small_file(&path)
                 .map_err(|source| unreadable(&format!("{name}_file"), &path, source))?;
             let value = content.trim();
             if value.is_empty() {
@@ -42,6 +42,45 @@ pub(super) fn secret_or_file(
         }
         (None, None) => Ok(None),
     }
+}
+
+/// The most a key or token file may hold: a secret is a line, not a document.
+pub(super) const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// A secret file: a regular file (a FIFO would hang the start, `/dev/zero` would never end)
+/// of at most 64 KiB. Opened without blocking and checked on the open descriptor, so the
+/// file cannot be swapped between the check and the read; symbolic links are followed, as
+/// Kubernetes mounts secrets through them.
+fn read_small_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {MAX_SECRET_FILE_BYTES} bytes"),
+        ));
+    }
+    let mut content = String::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_string(&mut content)?;
+    if content.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {MAX_SECRET_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(content)
 }
 
 /// A file that cannot be read. Denied, the message says who the process runs as and who may
@@ -231,6 +270,28 @@ pub(super) fn parse_duration(
     }
     Ok(duration)
 }
+
+/// `parse_duration`, and at least `floor`: below it a loop would spin (a lease of 1 ns renews
+/// without pause) or hammer public services (a poll every millisecond).
+pub(super) fn parse_duration_at_least(
+    name: &str,
+    value: Option<String>,
+    default: &str,
+    floor: Duration,
+) -> Result<Duration, ConfigError> {
+    let duration = parse_duration(name, value, default)?;
+    if duration < floor {
+        return Err(invalid(
+            name,
+            format!("{duration:?} is shorter than {floor:?}"),
+            "a duration of at least 1s, such as 15s",
+        ));
+    }
+    Ok(duration)
+}
+
+/// The shortest lease, poll interval and recheck interval.
+pub(super) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest duration any variable accepts.
 pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);

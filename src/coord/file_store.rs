@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,22 +24,34 @@ struct Inner {
     prefix: String,
 }
 
+/// A file written this far ahead of our clock is clock skew; further, it is not believed.
+const FUTURE_SKEW_MS: u64 = 5_000;
+
 #[derive(Serialize, Deserialize)]
 struct Expiring<T> {
     value: T,
     expires_at_ms: u64,
+    /// Absent in files of earlier versions.
+    #[serde(default)]
+    written_at_ms: u64,
 }
 
 impl<T> Expiring<T> {
     fn new(value: T, ttl: Duration) -> Self {
+        let now = unix_now_ms();
         Expiring {
             value,
-            expires_at_ms: unix_now_ms().saturating_add(millis(ttl)),
+            expires_at_ms: now.saturating_add(millis(ttl)),
+            written_at_ms: now,
         }
     }
 
+    /// Live until it expires; a file written in the future (the wall clock stepped back since,
+    /// or a forged file) is dead, or a lease or a budget would hold for as long as it claims.
     fn live(self) -> Option<T> {
-        (self.expires_at_ms > unix_now_ms()).then_some(self.value)
+        let now = unix_now_ms();
+        let believable = self.written_at_ms <= now.saturating_add(FUTURE_SKEW_MS);
+        (believable && self.expires_at_ms > now).then_some(self.value)
     }
 }
 
@@ -67,10 +80,12 @@ impl Inner {
     fn lock(&self) -> Result<Locked, StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.fail(&self.dir, e))?;
         let path = self.path("lock");
+        // Never through a symbolic link planted in the directory.
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| self.fail(&path, e))?;
         file.lock().map_err(|e| self.fail(&path, e))?;
@@ -213,7 +228,8 @@ impl FileStore {
                 .read::<Vec<u64>>(&path)?
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|&at| at.saturating_add(window_ms) > now)
+                // Bookings from the future are dropped, as in the Redis store.
+                .filter(|&at| at.saturating_add(window_ms) > now && at <= now)
                 .collect();
             if calls.len() < limit.max(1) as usize {
                 calls.push(now);

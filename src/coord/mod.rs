@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::metrics::CoordinationMetrics;
-use crate::secret::{Credentials, SecretUrl};
+use crate::secret::{Credentials, SecretUrl, printable};
 use crate::util::backoff::Backoff;
 use crate::util::clock::unix_now_ms;
-use crate::util::lock;
 use crate::util::waits::Waits;
+use crate::util::{deadline, lock};
 
 /// Where fleet members share whitelist records, leases and the API budget (`SENDSMS_COORDINATION`).
 #[derive(Clone, Debug, Default)]
@@ -67,7 +67,13 @@ pub(crate) struct Record {
 pub(crate) enum StoreError {
     #[error("coordination store {store}: {problem}")]
     Unavailable { store: String, problem: String },
+    /// The operation that asked ran out of time first; says nothing about the store.
+    #[error("no answer from the coordination store before the operation's deadline")]
+    Deadline,
 }
+
+/// A store timestamp this far ahead of our clock is clock skew; further, it is not believed.
+const FUTURE_SKEW_MS: u64 = 5_000;
 
 /// Where every key lives: one account, one API key (by a one-way fingerprint, never the key
 /// itself), so fleets of different accounts or keys can share a store without meeting.
@@ -94,17 +100,23 @@ enum Store {
 
 impl Store {
     async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {
-        match self {
-            Store::File(s) => s.read_verified(ip).await,
-            Store::Redis(s) => s.read_verified(ip).await,
-        }
+        bounded(async {
+            match self {
+                Store::File(s) => s.read_verified(ip).await,
+                Store::Redis(s) => s.read_verified(ip).await,
+            }
+        })
+        .await
     }
 
     async fn write_verified(&self, record: &Record, ttl: Duration) -> Result<(), StoreError> {
-        match self {
-            Store::File(s) => s.write_verified(record, ttl).await,
-            Store::Redis(s) => s.write_verified(record, ttl).await,
-        }
+        bounded(async {
+            match self {
+                Store::File(s) => s.write_verified(record, ttl).await,
+                Store::Redis(s) => s.write_verified(record, ttl).await,
+            }
+        })
+        .await
     }
 
     /// None when the lease is now `member`'s; otherwise who holds it.
@@ -114,10 +126,13 @@ impl Store {
         member: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        match self {
-            Store::File(s) => s.try_lease(ip, member, ttl).await,
-            Store::Redis(s) => s.try_lease(ip, member, ttl).await,
-        }
+        bounded(async {
+            match self {
+                Store::File(s) => s.try_lease(ip, member, ttl).await,
+                Store::Redis(s) => s.try_lease(ip, member, ttl).await,
+            }
+        })
+        .await
     }
 
     /// False when the lease is no longer `member`'s.
@@ -127,17 +142,23 @@ impl Store {
         member: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        match self {
-            Store::File(s) => s.renew_lease(ip, member, ttl).await,
-            Store::Redis(s) => s.renew_lease(ip, member, ttl).await,
-        }
+        bounded(async {
+            match self {
+                Store::File(s) => s.renew_lease(ip, member, ttl).await,
+                Store::Redis(s) => s.renew_lease(ip, member, ttl).await,
+            }
+        })
+        .await
     }
 
     async fn release_lease(&self, ip: IpAddr, member: &str) -> Result<(), StoreError> {
-        match self {
-            Store::File(s) => s.release_lease(ip, member).await,
-            Store::Redis(s) => s.release_lease(ip, member).await,
-        }
+        bounded(async {
+            match self {
+                Store::File(s) => s.release_lease(ip, member).await,
+                Store::Redis(s) => s.release_lease(ip, member).await,
+            }
+        })
+        .await
     }
 
     /// Books one call in the fleet's sliding window, or says how long until one fits.
@@ -147,10 +168,13 @@ impl Store {
         window: Duration,
         token: &str,
     ) -> Result<Option<Duration>, StoreError> {
-        match self {
-            Store::File(s) => s.take_budget(limit, window, token).await,
-            Store::Redis(s) => s.take_budget(limit, window, token).await,
-        }
+        bounded(async {
+            match self {
+                Store::File(s) => s.take_budget(limit, window, token).await,
+                Store::Redis(s) => s.take_budget(limit, window, token).await,
+            }
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -159,6 +183,15 @@ impl Store {
             Store::Redis(s) => s.ping().await,
         }
     }
+}
+
+/// Every store operation ends by the deadline of the operation that waits for it.
+async fn bounded<T>(
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    deadline::bounded(operation)
+        .await
+        .unwrap_or(Err(StoreError::Deadline))
 }
 
 /// What `/status` shows of coordination; the counters are read from the metrics.
@@ -199,7 +232,8 @@ pub(crate) struct Coordinator {
     member: String,
     lease_ttl: Duration,
     record_ttl: Duration,
-    /// Waiting for a leader gives up after this; the caller retries later.
+    /// The longest one `ensure` takes, waiting for a leader included: the verify timeout plus
+    /// one lease. The caller retries later.
     wait_limit: Duration,
     status: Mutex<CoordinationStatus>,
     metrics: CoordinationMetrics,
@@ -249,7 +283,7 @@ impl Coordinator {
             store,
             lease_ttl: settings.lease,
             record_ttl: settings.record_ttl,
-            wait_limit: settings.verify_timeout + settings.lease * 2,
+            wait_limit: settings.verify_timeout + settings.lease,
             status: Mutex::new(CoordinationStatus {
                 mode: settings.mode.name().unwrap_or("none"),
                 store: shown,
@@ -301,7 +335,7 @@ impl Coordinator {
                 status.store_error = None;
                 self.metrics.store_up.set(1);
             }
-            Ok(_) => {}
+            Ok(_) | Err(StoreError::Deadline) => {}
             Err(e) => {
                 if status.store_up {
                     tracing::warn!(error = %e, "coordination store unreachable; acting alone under the local API budget");
@@ -319,23 +353,27 @@ impl Coordinator {
         let _ = self.observe(self.store.ping().await);
     }
 
-    /// The fleet's share of `SENDSMS_API_BUDGET`: waits until the fleet-wide window has room.
-    /// A store failure lets the call through; the member's local budget still holds it.
-    pub(crate) async fn acquire_budget(&self, limit: u32) {
+    /// The fleet's share of `SENDSMS_API_BUDGET`: waits until the fleet-wide window has room,
+    /// or fails at once when that is after the deadline in force. A store failure lets the
+    /// call through; the member's local budget still holds it.
+    pub(crate) async fn acquire_budget(&self, limit: u32) -> Result<(), String> {
         let token = format!("{}/{}", self.member, rand::random::<u64>());
+        let window = Duration::from_secs(60);
         loop {
-            match self.observe(
-                self.store
-                    .take_budget(limit, Duration::from_secs(60), &token)
-                    .await,
-            ) {
-                Ok(None) | Err(_) => return,
+            match self.observe(self.store.take_budget(limit, window, &token).await) {
+                Ok(None) | Err(_) => return Ok(()),
                 Ok(Some(wait)) => {
+                    // Never longer than the window: a store that says otherwise is wrong.
+                    let wait = wait.clamp(Duration::from_millis(50), window);
+                    if !deadline::allows(Instant::now() + wait) {
+                        return Err(format!(
+                            "the fleet's API budget ({limit} calls per minute) has no room before the deadline (the next call fits in {wait:.1?})"
+                        ));
+                    }
                     let cause = format!(
                         "the fleet's API budget (SENDSMS_API_BUDGET={limit} calls a minute) is spent"
                     );
-                    let wait = wait.clamp(Duration::from_millis(50), POLL.max * 5);
-                    self.waits.sleep(cause, wait).await;
+                    self.waits.sleep(cause, wait.min(POLL.max * 5)).await;
                 }
             }
         }
@@ -353,12 +391,18 @@ impl Coordinator {
     ) -> Coordinated<T, E> {
         let started = Instant::now();
         let mut polls = POLL.delays();
+        let busy = || Coordinated::PeerBusy {
+            holder: self.lock().lease_holder.clone().unwrap_or_default(),
+            waited: started.elapsed(),
+        };
         // Listed from the first time another member holds the lease until this call returns.
         let mut waiting = None;
         loop {
             match self.fresh_record(ip, not_before_ms).await {
                 Ok(Some(record)) => return Coordinated::Peer(record),
                 Ok(None) => {}
+                // Out of time is not a store failure: acting alone now would be too late.
+                Err(StoreError::Deadline) => return busy(),
                 Err(_) => return Coordinated::StoreDown,
             }
             match self.observe(self.store.try_lease(ip, &self.member, self.lease_ttl).await) {
@@ -368,12 +412,13 @@ impl Coordinator {
                     // The previous holder may have written its record and let go between our
                     // read and our lease: look again before spending any call.
                     if let Ok(Some(record)) = self.fresh_record(ip, not_before_ms).await {
-                        self.release(ip).await;
+                        deadline::cleanup(STORE_TIMEOUT * 2, self.release(ip)).await;
                         return Coordinated::Peer(record);
                     }
                     return Coordinated::Own(self.lead(ip, work).await);
                 }
                 Ok(Some(holder)) => {
+                    let holder = printable(&holder);
                     if self.lock().lease_holder.as_ref() != Some(&holder) {
                         tracing::info!(%ip, %holder, "another member is whitelisting; waiting for its record");
                     }
@@ -386,27 +431,42 @@ impl Coordinator {
                     }
                     self.lock().lease_holder = Some(holder);
                 }
+                Err(StoreError::Deadline) => return busy(),
                 Err(_) => return Coordinated::StoreDown,
             }
-            if started.elapsed() >= self.wait_limit {
-                return Coordinated::PeerBusy {
-                    holder: self.lock().lease_holder.clone().unwrap_or_default(),
-                    waited: started.elapsed(),
-                };
+            // The next look must fit before giving up (the wait limit or the deadline in
+            // force), with time left for the store to answer it.
+            let next = Instant::now() + polls.next().unwrap_or(POLL.max);
+            if next >= deadline::clamp(started + self.wait_limit) {
+                return busy();
             }
-            tokio::time::sleep(polls.next().unwrap_or(POLL.max)).await;
+            tokio::time::sleep_until(next).await;
         }
     }
 
-    /// A record for `ip` written at or after `not_before_ms`, counted when found.
+    /// A record for `ip` written at or after `not_before_ms`, counted when found. Its time is
+    /// data, not truth: a record from the future (a forged one, or a member whose clock is
+    /// ahead) is not believed, as it would stay "fresh" for as long as it claims.
     async fn fresh_record(
         &self,
         ip: IpAddr,
         not_before_ms: u64,
     ) -> Result<Option<Record>, StoreError> {
+        let latest = unix_now_ms().saturating_add(FUTURE_SKEW_MS);
         let record = self
             .observe(self.store.read_verified(ip).await)?
-            .filter(|r| r.ip == ip && r.verified_at_ms >= not_before_ms);
+            .filter(|r| r.ip == ip && r.verified_at_ms >= not_before_ms)
+            .filter(|r| {
+                let believable = r.verified_at_ms <= latest;
+                if !believable {
+                    tracing::warn!(%ip, by = %printable(&r.by), verified_at_ms = r.verified_at_ms, "a fleet record dated in the future is ignored");
+                }
+                believable
+            })
+            .map(|r| Record {
+                by: printable(&r.by),
+                ..r
+            });
         if let Some(record) = &record {
             self.metrics.records_read.inc();
             tracing::info!(%ip, by = %record.by, "verified by another member of the fleet");
@@ -423,30 +483,46 @@ impl Coordinator {
         self.lock().lease_holder = Some(self.member.clone());
         tracing::info!(%ip, member = %self.member, "took the whitelist lease");
         *lock(&self.holding) = Some(ip);
-        let ensure = work;
-        tokio::pin!(ensure);
-        let result = loop {
-            tokio::select! {
-                result = &mut ensure => break result,
-                () = tokio::time::sleep(self.lease_ttl / 3) => self.renew(ip).await,
+        // The renewals run beside the work, both polled by this select: a renewal that waits
+        // on the store never stops the work (which may itself be waiting on the store), and
+        // the work never waits for a renewal.
+        let renewing = async {
+            loop {
+                tokio::time::sleep(self.lease_ttl / 3).await;
+                if !self.renew(ip).await {
+                    break;
+                }
             }
         };
-        if result.is_ok() {
-            let record = Record {
-                ip,
-                verified_at_ms: unix_now_ms(),
-                by: self.member.clone(),
-            };
-            // The record goes in before the lease goes away, so no waiter takes a lease for
-            // an IP that is already proven.
-            if self
-                .observe(self.store.write_verified(&record, self.record_ttl).await)
-                .is_ok()
-            {
-                self.metrics.records_written.inc();
+        tokio::pin!(work, renewing);
+        let mut renewing_done = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                () = &mut renewing, if !renewing_done => renewing_done = true,
             }
-        }
-        self.release(ip).await;
+        };
+        // Sharing the proof and letting go have their own time, even if the work used all of
+        // the operation's: otherwise the fleet would redo the work, or wait out the lease.
+        deadline::cleanup(STORE_TIMEOUT * 2, async {
+            if result.is_ok() {
+                let record = Record {
+                    ip,
+                    verified_at_ms: unix_now_ms(),
+                    by: self.member.clone(),
+                };
+                // The record goes in before the lease goes away, so no waiter takes a lease
+                // for an IP that is already proven.
+                if self
+                    .observe(self.store.write_verified(&record, self.record_ttl).await)
+                    .is_ok()
+                {
+                    self.metrics.records_written.inc();
+                }
+            }
+            self.release(ip).await;
+        })
+        .await;
         result
     }
 }
@@ -467,15 +543,19 @@ impl Coordinator {
         }
     }
 
-    async fn renew(&self, ip: IpAddr) {
-        if let Ok(false) = self.observe(
+    /// False once the lease is no longer ours: there is nothing left to renew.
+    async fn renew(&self, ip: IpAddr) -> bool {
+        let renewed = self.observe(
             self.store
                 .renew_lease(ip, &self.member, self.lease_ttl)
                 .await,
-        ) {
+        );
+        if let Ok(false) = renewed {
             // Another member may now run the same add: a duplicate write, not harm.
             tracing::warn!(%ip, "the whitelist lease expired while this member held it");
+            return false;
         }
+        true
     }
 }
 

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use super::{Record, Scope, StoreError, millis};
-use crate::secret::SecretUrl;
+use crate::secret::{SecretUrl, redact};
+use crate::util::lock;
 
 /// Takes the lease if it is free (or already ours) and answers "" ; else answers the holder.
 const TRY_LEASE: &str = r"
@@ -30,12 +31,15 @@ return 0
 ";
 
 /// A sliding-window log on the server's clock: 0 when a call is booked, else milliseconds
-/// until the oldest booking leaves the window.
+/// until the oldest booking leaves the window. Bookings from the future (the server's clock
+/// stepped back, or a forged entry) are dropped: they would block the window for as long as
+/// they claim.
 const TAKE_BUDGET: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
@@ -50,7 +54,9 @@ pub(crate) struct RedisStore {
     shown: String,
     prefix: String,
     timeout: Duration,
-    /// Dropped after any failure, so the next operation connects afresh.
+    /// Dropped after any failure, so the next operation connects afresh. Only ever locked to
+    /// copy or replace the handle, never across a connect or a command: a stalled server
+    /// must not make one operation wait for another.
     connection: Mutex<Option<MultiplexedConnection>>,
     try_lease: Script,
     renew_lease: Script,
@@ -93,13 +99,12 @@ impl RedisStore {
     fn fail(&self, problem: impl std::fmt::Display) -> StoreError {
         StoreError::Unavailable {
             store: self.shown.clone(),
-            problem: problem.to_string(),
+            problem: redact(&problem.to_string(), &[]),
         }
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        let mut cached = self.connection.lock().await;
-        if let Some(connection) = cached.as_ref() {
+        if let Some(connection) = lock(&self.connection).as_ref() {
             return Ok(connection.clone());
         }
         let config = AsyncConnectionConfig::new()
@@ -110,23 +115,29 @@ impl RedisStore {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| self.fail(e))?;
-        *cached = Some(connection.clone());
-        Ok(connection)
+        // Two operations may have connected at once; the first connection kept is shared.
+        Ok(lock(&self.connection)
+            .get_or_insert_with(|| connection)
+            .clone())
     }
 
-    /// One command or script on the shared connection; a failure forgets the connection.
+    /// One command or script on the shared connection, connect included, within the store's
+    /// timeout; a failure forgets the connection.
     async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection().await?;
-        match invocation(&mut connection).await {
-            Ok(value) => Ok(value),
-            Err(e) => {
-                *self.connection.lock().await = None;
-                Err(self.fail(e))
-            }
+        let attempt = async {
+            let mut connection = self.connection().await?;
+            invocation(&mut connection).await.map_err(|e| self.fail(e))
+        };
+        let result = tokio::time::timeout(self.timeout * 2, attempt)
+            .await
+            .unwrap_or_else(|_| Err(self.fail("no answer in time")));
+        if result.is_err() {
+            *lock(&self.connection) = None;
         }
+        result
     }
 
     pub(crate) async fn read_verified(&self, ip: IpAddr) -> Result<Option<Record>, StoreError> {

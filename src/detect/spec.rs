@@ -9,6 +9,7 @@ use url::Url;
 
 use super::dns::DnsQuery;
 use crate::net::Family;
+use crate::secret::REDACTED;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ProviderKind {
@@ -21,12 +22,15 @@ pub(crate) enum ProviderKind {
 }
 
 /// One configured source of "your address is ...", with the operator that runs it: a quorum
-/// counts operators, not URLs, so two names of one company are one vote.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// counts operators, not URLs, so two names of one company are one vote. `Debug` shows what
+/// `Display` shows, never the URL's credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct ProviderSpec {
     pub(crate) kind: ProviderKind,
     pub(crate) operator: String,
-    text: String,
+    /// How it is shown in logs, errors, `/status` and `detect`: an HTTP provider's
+    /// `user:password@` and query (which may hold a token) are never shown.
+    shown: String,
 }
 
 impl ProviderSpec {
@@ -83,17 +87,42 @@ impl FromStr for ProviderSpec {
                 other => return Err(format!("unsupported scheme {other:?}")),
             }
         };
+        let mut shown = match &kind {
+            ProviderKind::Http(url) => {
+                let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+                if let Some(port) = url.port() {
+                    shown.push_str(&format!(":{port}"));
+                }
+                shown.push_str(url.path());
+                if url.query().is_some() {
+                    shown.push_str(&format!("?{REDACTED}"));
+                }
+                shown
+            }
+            // A DNS query and an interface name are this tool's own syntax: no credentials.
+            _ => body.to_owned(),
+        };
+        if let Some((_, op)) = text.split_once('#') {
+            shown.push('#');
+            shown.push_str(op);
+        }
         Ok(ProviderSpec {
             kind,
             operator: operator.unwrap_or(derived),
-            text: text.to_owned(),
+            shown,
         })
+    }
+}
+
+impl fmt::Debug for ProviderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProviderSpec({})", self.shown)
     }
 }
 
 impl fmt::Display for ProviderSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.shown)
     }
 }
 
@@ -220,6 +249,13 @@ mod tests {
 
         let http: ProviderSpec = "https://api.ipify.org".parse().expect("http");
         assert_eq!((http.operator.as_str(), http.family()), ("ipify.org", None));
+        let secret: ProviderSpec = "https://u:pw-secret@echo.example:8443/ip?token=t0k3n#echo"
+            .parse()
+            .expect("http with credentials");
+        assert_eq!(
+            secret.to_string(),
+            "https://echo.example:8443/ip?[REDACTED]#echo"
+        );
         let iface: ProviderSpec = "iface:eth0".parse().expect("iface");
         assert_eq!(iface.kind, ProviderKind::Iface("eth0".into()));
 

@@ -61,6 +61,9 @@ pub(crate) struct Args {
     /// Shape of token_list_ips details.
     #[arg(long, value_enum, default_value_t = ListFormat::Strings)]
     list_format: ListFormat,
+    /// Record every accepted send, then drop its connection without an answer.
+    #[arg(long)]
+    drop_after_send: bool,
 }
 
 fn parse_probability(text: &str) -> Result<f64, String> {
@@ -106,6 +109,7 @@ impl Args {
             fault: self.fault,
             rate_limited_for: Duration::from_millis(self.rate_limited_for),
             list_format: self.list_format,
+            drop_after_send: self.drop_after_send,
         }
     }
 }

@@ -36,13 +36,19 @@ pub(crate) fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
     response.to_vec().ok()
 }
 
-/// Answers every datagram after `latency`, each in its own task so one delay never holds another.
-pub(crate) async fn serve(socket: tokio::net::UdpSocket, latency: Duration) -> std::io::Result<()> {
+/// Answers every datagram after `latency`, each in its own task so one delay never holds another;
+/// the querier's address is the one `nat` says the API would see.
+pub(crate) async fn serve(
+    socket: tokio::net::UdpSocket,
+    latency: Duration,
+    nat: Arc<super::Nat>,
+) -> std::io::Result<()> {
     let socket = Arc::new(socket);
     let mut buffer = vec![0u8; 4096];
     loop {
         let (received, peer) = socket.recv_from(&mut buffer).await?;
-        let Some(reply) = answer(&buffer[..received], peer) else {
+        let seen = SocketAddr::new(nat.seen(peer.ip()), peer.port());
+        let Some(reply) = answer(&buffer[..received], seen) else {
             continue;
         };
         let socket = Arc::clone(&socket);

@@ -94,6 +94,8 @@ pub struct Settings {
     pub rate_limited_for: Duration,
     /// Shape of `token_list_ips` details.
     pub list_format: ListFormat,
+    /// Every accepted send is recorded, then its connection is dropped without an answer.
+    pub drop_after_send: bool,
 }
 
 impl Default for Settings {
@@ -113,7 +115,42 @@ impl Default for Settings {
             fault: Fault::Mixed,
             rate_limited_for: Duration::ZERO,
             list_format: ListFormat::Strings,
+            drop_after_send: false,
         }
+    }
+}
+
+/// The message log keeps at most this many sends (the oldest go first); `messages_total`
+/// counts them all.
+const MESSAGE_LOG: usize = 100_000;
+
+/// What one send cost, taken off the account's balance.
+const PRICE: f64 = 0.05;
+
+/// One accepted send, as `/_emulator/state` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Message {
+    id: String,
+    action: String,
+    to: String,
+    text: String,
+    peer: IpAddr,
+    /// What the credentials matched, never what they were.
+    credentials: Value,
+}
+
+/// Where a peer's traffic seems to come from: a NAT gateway in front of the host, whose public
+/// address a test or the demo changes (`POST /_emulator/egress`), as the host never sees it.
+#[derive(Default)]
+pub(crate) struct Nat(Mutex<BTreeMap<IpAddr, IpAddr>>);
+
+impl Nat {
+    pub(crate) fn seen(&self, peer: IpAddr) -> IpAddr {
+        let peer = peer.to_canonical();
+        crate::util::lock(&self.0)
+            .get(&peer)
+            .copied()
+            .unwrap_or(peer)
     }
 }
 
@@ -158,12 +195,16 @@ struct Account {
     recent: VecDeque<Instant>,
     unmatched: u64,
     rate_limited: u64,
+    messages: VecDeque<Message>,
+    messages_total: u64,
+    balance: f64,
 }
 
 struct Emulator {
     settings: Settings,
     started: Instant,
     account: Mutex<Account>,
+    nat: Arc<Nat>,
 }
 
 impl Emulator {
@@ -187,6 +228,12 @@ impl RunningEmulator {
     /// What `/_emulator/state` answers.
     pub fn state(&self) -> Value {
         snapshot(&self.emulator)
+    }
+
+    /// Traffic from `from` is seen as coming from `to`, as behind a NAT gateway whose public
+    /// address changed (`POST /_emulator/egress`).
+    pub fn translate(&self, from: IpAddr, to: IpAddr) {
+        self.emulator.translate(from, to);
     }
 
     /// Runs until the HTTP or the DNS server fails.
@@ -220,12 +267,17 @@ pub async fn start(
 ) -> std::io::Result<RunningEmulator> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let nat = Arc::new(Nat::default());
     let (dns_addr, dns_task) = match dns_listen {
         Some(dns_listen) => {
             let socket = tokio::net::UdpSocket::bind(dns_listen).await?;
             (
                 Some(socket.local_addr()?),
-                Some(tokio::spawn(dns::serve(socket, settings.latency))),
+                Some(tokio::spawn(dns::serve(
+                    socket,
+                    settings.latency,
+                    Arc::clone(&nat),
+                ))),
             )
         }
         None => (None, None),
@@ -259,13 +311,18 @@ pub async fn start(
             recent: VecDeque::new(),
             unmatched: 0,
             rate_limited: 0,
+            messages: VecDeque::new(),
+            messages_total: 0,
+            balance: 100.0,
         }),
+        nat,
     });
     let app = Router::new()
         .route("/json", any(api))
         .route("/ip", get(echo_ip))
         .route("/_emulator/state", get(state))
         .route("/_emulator/remove-ip", post(remove_ip))
+        .route("/_emulator/egress", post(egress))
         .with_state(Arc::clone(&emulator));
     let task = tokio::spawn(async move {
         axum::serve(
@@ -291,10 +348,6 @@ async fn delay(latency: Duration) {
     }
 }
 
-fn peer_ip(peer: SocketAddr) -> IpAddr {
-    peer.ip().to_canonical()
-}
-
 async fn echo_ip(
     State(emulator): State<Arc<Emulator>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -302,7 +355,7 @@ async fn echo_ip(
     delay(emulator.settings.latency).await;
     (
         [(header::CONTENT_TYPE, "text/plain")],
-        format!("{}\n", peer_ip(peer)),
+        format!("{}\n", emulator.nat.seen(peer.ip())),
     )
         .into_response()
 }
@@ -359,15 +412,18 @@ async fn injected_fault(fault: Fault) -> Response {
             "<html><body>502 Bad Gateway</body></html>",
         )
             .into_response(),
-        Fault::Drop | Fault::Mixed => {
-            let mut response = Response::new(Body::new(Severed));
-            response.headers_mut().insert(
-                header::CONTENT_LENGTH,
-                header::HeaderValue::from_static("64"),
-            );
-            response
-        }
+        Fault::Drop | Fault::Mixed => severed(),
     }
+}
+
+/// The connection drops in the middle of the answer.
+fn severed() -> Response {
+    let mut response = Response::new(Body::new(Severed));
+    response.headers_mut().insert(
+        header::CONTENT_LENGTH,
+        header::HeaderValue::from_static("64"),
+    );
+    response
 }
 
 fn form_params(query: Option<&str>, body: &[u8]) -> BTreeMap<String, String> {
@@ -399,15 +455,47 @@ async fn api(
         );
     }
     let params = form_params(query.as_deref(), &body);
-    handle(&emulator, peer_ip(peer), &params)
+    let answer = handle(&emulator, emulator.nat.seen(peer.ip()), &params);
+    if settings.drop_after_send && answer.sent {
+        // Recorded, and then no answer: the caller cannot know whether it was sent.
+        return severed();
+    }
+    answer.response
 }
 
-fn handle(emulator: &Emulator, peer: IpAddr, params: &BTreeMap<String, String>) -> Response {
+/// An answer, and whether it recorded a send.
+struct Handled {
+    response: Response,
+    sent: bool,
+}
+
+impl From<Response> for Handled {
+    fn from(response: Response) -> Self {
+        Handled {
+            response,
+            sent: false,
+        }
+    }
+}
+
+/// Actions that send and bill: never rate limited, as the provider limits unbilled queries only.
+const BILLED: [&str; 2] = ["message_send", "message_send_gdpr"];
+const KNOWN: [&str; 6] = [
+    "token_add_ip",
+    "token_list_ips",
+    "message_send",
+    "message_send_gdpr",
+    "message_status",
+    "user_get_balance",
+];
+
+fn handle(emulator: &Emulator, peer: IpAddr, params: &BTreeMap<String, String>) -> Handled {
     let settings = &emulator.settings;
     let now = Instant::now();
     let mut account = emulator.account();
+    let action = params.get("action").map(String::as_str).unwrap_or("");
 
-    if settings.rate_limit > 0 {
+    if settings.rate_limit > 0 && !BILLED.contains(&action) {
         while account
             .recent
             .front()
@@ -421,72 +509,81 @@ fn handle(emulator: &Emulator, peer: IpAddr, params: &BTreeMap<String, String>) 
                 settings.rate_limit_status,
                 "Too many requests, slow down",
                 Value::Null,
-            );
+            )
+            .into();
         }
         account.recent.push_back(now);
     }
 
-    let Some(action) = params.get("action").filter(|a| !a.is_empty()) else {
-        return answer(-1, "No action was given", Value::Null);
-    };
+    if action.is_empty() {
+        return answer(-1, "No action was given", Value::Null).into();
+    }
     let (Some(username), Some(password)) = (params.get("username"), params.get("password")) else {
         return answer(
             -4,
             "Missing parameter: username and password are required",
             Value::Null,
-        );
+        )
+        .into();
     };
-    if !matches!(action.as_str(), "token_add_ip" | "token_list_ips") {
-        return answer(-2, "No such action", Value::Null);
+    if !KNOWN.contains(&action) {
+        return answer(-2, "No such action", Value::Null).into();
     }
     if *username != settings.username {
         account.unmatched += 1;
-        return answer(-8, "Authentication failed", Value::Null);
+        return answer(-8, "Authentication failed", Value::Null).into();
     }
-    let Some(key) = account.keys.iter_mut().find(|k| k.secret == *password) else {
+    let key_index = account.keys.iter().position(|k| k.secret == *password);
+    let Some(index) = key_index else {
+        // The account password works for everything but the token actions, from anywhere.
+        if *password == settings.password && !action.starts_with("token_") {
+            return account_action(&mut account, action, peer, params, "account password");
+        }
         account.unmatched += 1;
         let message = if *password == settings.password {
             "Token actions need an API key as password"
         } else {
             "Authentication failed"
         };
-        return answer(-8, message, Value::Null);
+        return answer(-8, message, Value::Null).into();
     };
+    let key = &mut account.keys[index];
     if key.kind == KeyKind::Default && !key.effective(now).any(|ip| ip == peer) {
         key.count(action, false);
         return answer(
             -8,
             "Authentication failed: IP address not authorized for this API key",
             Value::Null,
-        );
+        )
+        .into();
     }
-
-    match action.as_str() {
+    match action {
         "token_add_ip" => {
             let Some(text) = params.get("ipaddr") else {
                 key.count(action, false);
-                return answer(-4, "Missing parameter: ipaddr", Value::Null);
+                return answer(-4, "Missing parameter: ipaddr", Value::Null).into();
             };
             let Ok(ip) = text.trim().parse::<IpAddr>() else {
                 key.count(action, false);
-                return answer(-128, "Invalid IP address", Value::Null);
+                return answer(-128, "Invalid IP address", Value::Null).into();
             };
-            let ip = ip.to_canonical();
             key.count(action, true);
+            let ip = ip.to_canonical();
             if key.whitelist.iter().any(|l| l.ip == ip) {
                 return answer(
                     settings.duplicate_status,
                     "IP address already whitelisted",
                     Value::Null,
-                );
+                )
+                .into();
             }
             key.whitelist.push(Listed {
                 ip,
                 effective_at: now + settings.propagation_delay,
             });
-            answer(0, "IP address added", Value::Null)
+            answer(0, "IP address added", Value::Null).into()
         }
-        _ => {
+        "token_list_ips" => {
             key.count(action, true);
             let ips: Vec<String> = key.effective(now).map(|ip| ip.to_string()).collect();
             let details = match settings.list_format {
@@ -502,8 +599,71 @@ fn handle(emulator: &Emulator, peer: IpAddr, params: &BTreeMap<String, String>) 
                 }
                 ListFormat::Csv => json!(ips.join(",")),
             };
-            answer(0, "OK", details)
+            answer(0, "OK", details).into()
         }
+        _ => {
+            key.count(action, true);
+            let matched = format!("key {index}");
+            account_action(&mut account, action, peer, params, &matched)
+        }
+    }
+}
+
+/// The actions of an authenticated account: sending, and reading what was sent.
+fn account_action(
+    account: &mut Account,
+    action: &str,
+    peer: IpAddr,
+    params: &BTreeMap<String, String>,
+    matched: &str,
+) -> Handled {
+    match action {
+        "message_send" | "message_send_gdpr" => {
+            let (Some(to), Some(text)) = (params.get("to"), params.get("text")) else {
+                return answer(
+                    -4,
+                    "Missing parameter: to and text are required",
+                    Value::Null,
+                )
+                .into();
+            };
+            account.messages_total += 1;
+            let id = format!("{:016x}", account.messages_total);
+            account.balance -= PRICE;
+            if account.messages.len() >= MESSAGE_LOG {
+                account.messages.pop_front();
+            }
+            account.messages.push_back(Message {
+                id: id.clone(),
+                action: action.to_owned(),
+                to: to.clone(),
+                text: text.clone(),
+                peer,
+                credentials: json!({"username": "matched", "password": matched}),
+            });
+            Handled {
+                response: answer(1, "Message sent", json!(id)),
+                sent: true,
+            }
+        }
+        "message_status" => {
+            let Some(id) = params.get("id") else {
+                return answer(-4, "Missing parameter: id", Value::Null).into();
+            };
+            match account.messages.iter().find(|m| m.id == *id) {
+                Some(message) => answer(
+                    0,
+                    "OK",
+                    json!({"id": message.id, "status": "delivered", "to": message.to}),
+                )
+                .into(),
+                None => answer(-128, "No such message", Value::Null).into(),
+            }
+        }
+        "user_get_balance" => {
+            answer(0, "OK", json!((account.balance * 100.0).round() / 100.0)).into()
+        }
+        _ => answer(-2, "No such action", Value::Null).into(),
     }
 }
 
@@ -532,7 +692,44 @@ fn snapshot(emulator: &Emulator) -> Value {
         "keys": keys,
         "unmatched_requests": account.unmatched,
         "rate_limited_requests": account.rate_limited,
+        "messages": account.messages,
+        "messages_total": account.messages_total,
     })
+}
+
+fn ip_param(params: &BTreeMap<String, String>, name: &str) -> Option<IpAddr> {
+    params.get(name).and_then(|v| v.parse().ok())
+}
+
+/// What a NAT gateway in front of the host does when its public address changes: traffic from
+/// `from` is seen as coming from `to` (`to` equal to `from` undoes it).
+async fn egress(
+    State(emulator): State<Arc<Emulator>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let params = form_params(query.as_deref(), &body);
+    let (Some(from), Some(to)) = (ip_param(&params, "from"), ip_param(&params, "to")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "need from=ADDRESS and to=ADDRESS\n",
+        )
+            .into_response();
+    };
+    emulator.translate(from, to);
+    axum::Json(json!({"from": from, "to": to})).into_response()
+}
+
+impl Emulator {
+    fn translate(&self, from: IpAddr, to: IpAddr) {
+        let (from, to) = (from.to_canonical(), to.to_canonical());
+        let mut nat = crate::util::lock(&self.nat.0);
+        if from == to {
+            nat.remove(&from);
+        } else {
+            nat.insert(from, to);
+        }
+    }
 }
 
 /// What a person does in the web UI: take an address off a key (the API has no such action).
@@ -543,8 +740,7 @@ async fn remove_ip(
 ) -> Response {
     let params = form_params(query.as_deref(), &body);
     let key = params.get("key").and_then(|k| k.parse::<usize>().ok());
-    let ip = params.get("ip").and_then(|i| i.parse::<IpAddr>().ok());
-    let (Some(key), Some(ip)) = (key, ip) else {
+    let (Some(key), Some(ip)) = (key, ip_param(&params, "ip")) else {
         return (StatusCode::BAD_REQUEST, "need key=INDEX and ip=ADDRESS\n").into_response();
     };
     let mut account = emulator.account();

@@ -23,6 +23,13 @@ impl Action {
         }
     }
 
+    /// The statuses that mean this action succeeded: 0 and 1 only. Anything else, an unknown
+    /// positive code included ("account suspended" as 7, say), is not success; "already
+    /// listed" for `token_add_ip` is a refusal whose verdict says so.
+    pub(crate) fn succeeded(&self, status: ApiStatus) -> bool {
+        matches!(status, ApiStatus::Ok | ApiStatus::Queued)
+    }
+
     pub(crate) fn params(&self) -> Vec<(&'static str, String)> {
         match self {
             Action::TokenAddIp { ip } => vec![("ipaddr", ip.to_string())],
@@ -92,6 +99,7 @@ impl ApiStatus {
         }
     }
 
+    /// A documented refusal (a negative code); an unknown code is neither this nor success.
     pub(crate) fn is_error(self) -> bool {
         self.code() < 0
     }
@@ -107,6 +115,8 @@ pub(crate) enum Verdict {
     RateLimited,
     Transient,
     Permanent,
+    /// A status the action never answers, not even on failure: not success, not retried.
+    Unexpected,
 }
 
 impl Verdict {
@@ -118,6 +128,7 @@ impl Verdict {
             Verdict::RateLimited => "rate_limited",
             Verdict::Transient => "transient",
             Verdict::Permanent => "permanent",
+            Verdict::Unexpected => "unexpected_status",
         }
     }
 
@@ -190,6 +201,18 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<ApiResponse, Unparsed> {
     })
 }
 
+/// Only the `status` of an answer, read without building the rest: the gateway's hot path.
+pub(crate) fn status_of(body: &[u8]) -> Option<ApiStatus> {
+    #[derive(Deserialize)]
+    struct StatusOnly {
+        status: i64,
+    }
+    let text = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
+    serde_json::from_slice::<StatusOnly>(text.trim_ascii())
+        .ok()
+        .map(|s| ApiStatus::from_code(s.status))
+}
+
 /// A failed call. The text never holds the URL with its query (and so never the key).
 #[derive(Clone, Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -213,6 +236,14 @@ pub(crate) enum ApiError {
          https://api.sendsms.ro/json"
     )]
     NotTheApi(String),
+    /// A status that is neither a documented refusal nor success for this action.
+    #[error(
+        "the API answered status {code} ({message}), which is not a success code (0 or 1); nothing is assumed done"
+    )]
+    UnexpectedStatus { code: i64, message: String },
+    /// The call was never sent: no budget before the operation's deadline.
+    #[error("the call was not made: {0}")]
+    NotSent(String),
 }
 
 impl ApiError {
@@ -235,6 +266,9 @@ impl ApiError {
             ApiError::Transport(_) | ApiError::Unreachable(_) | ApiError::Malformed(_) => {
                 Verdict::Transient
             }
+            ApiError::UnexpectedStatus { .. } => Verdict::Unexpected,
+            // Waiting longer is what the budget asks for; the deadline decides whether there is time.
+            ApiError::NotSent(_) => Verdict::RateLimited,
         }
     }
 }
@@ -324,6 +358,11 @@ mod tests {
         assert!(parse_response(b"<html>502</html>").is_err());
         let r = parse_response(br#"{"status":0}"#).expect("json without message");
         assert_eq!(r.message, "");
+        assert_eq!(
+            status_of(b"\xef\xbb\xbf {\"details\":[1,{\"a\":2}],\"status\":-8}\n"),
+            Some(ApiStatus::AuthenticationFailed)
+        );
+        assert_eq!(status_of(b"<html>502</html>"), None);
     }
 
     #[test]

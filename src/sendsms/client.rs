@@ -14,16 +14,16 @@ use super::api::{
 use super::whitelist::Whitelist;
 use crate::http;
 use crate::net::Family;
-use crate::secret::{Credentials, SecretUrl};
+use crate::secret::{Credentials, SecretUrl, printable};
 
-/// Called around every API request: the budgets wait in `before_call`, the metrics count in
-/// `after_call`.
+/// Called around every API request: the budgets wait in `before_call` (an error means the
+/// call is not made, and says why), the metrics count in `after_call`.
 pub(crate) trait CallObserver: Send + Sync {
     fn before_call(
         &self,
         _action: &'static str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async {})
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
     }
     fn after_call(&self, _action: &'static str, _verdict: Verdict) {}
 }
@@ -158,10 +158,14 @@ impl Client {
         &self.route
     }
 
-    /// One request. A negative status becomes `ApiError::Refused`; the caller classifies.
+    /// One request. Only the action's success codes are success; a negative status becomes
+    /// `ApiError::Refused`, any other `ApiError::UnexpectedStatus`; the caller classifies.
     pub(crate) async fn call(&self, action: &Action) -> Result<ApiResponse, ApiError> {
         if let Some(observer) = &self.observer {
-            observer.before_call(action.name()).await;
+            observer
+                .before_call(action.name())
+                .await
+                .map_err(ApiError::NotSent)?;
         }
         let result = self.send(action).await;
         if let Some(observer) = &self.observer {
@@ -225,14 +229,24 @@ impl Client {
             Unparsed::Foreign(why) => self.not_the_api(why),
             Unparsed::Damaged(why) => ApiError::Malformed(why),
         })?;
-        if answer.status.is_error() {
-            let message = self.credentials.redact(&answer.message);
-            return Err(ApiError::Refused {
-                status: answer.status,
-                message: message.chars().take(200).collect(),
-            });
+        if action.succeeded(answer.status) {
+            return Ok(answer);
         }
-        Ok(answer)
+        // The API's own words may echo the key or carry another credential: they are
+        // redacted whole before anything stores, logs or shows them, then cut to one safe
+        // line of 128 characters.
+        let message = printable(&self.credentials.redact(&answer.message));
+        Err(if answer.status.is_error() {
+            ApiError::Refused {
+                status: answer.status,
+                message,
+            }
+        } else {
+            ApiError::UnexpectedStatus {
+                code: answer.status.code(),
+                message,
+            }
+        })
     }
 
     /// The endpoint, shown without credentials, query or fragment (the configuration allows
@@ -436,10 +450,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_apis_message_is_cut_to_200_characters_without_the_key() {
+    async fn the_apis_message_is_cut_to_one_line_of_128_characters_without_the_key() {
         let message = format!(
-            "{} {KEY} {} {}",
-            "a".repeat(150),
+            "{}\n\u{1b}[31m {KEY} {} {}",
+            "a".repeat(20),
             url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect::<String>(),
             "b".repeat(300)
         );
@@ -453,13 +467,14 @@ mod tests {
             panic!("{e}");
         };
         assert_eq!(*status, super::super::api::ApiStatus::AuthenticationFailed);
-        assert_eq!(message.chars().count(), 200, "{message}");
-        assert!(message.starts_with(&"a".repeat(150)), "{message}");
-        assert!(!message.contains("k3y"), "{message}");
-        assert!(
-            message.ends_with('b') && !message.contains(&"b".repeat(100)),
-            "{message}"
+        // 128 characters of the redacted text (20 a, a newline, an escape, "[31m ", two
+        // markers and their blanks, then b), the two control characters written out.
+        let expected = format!(
+            "{}\\n\\u{{1b}}[31m [REDACTED] [REDACTED] {}…",
+            "a".repeat(20),
+            "b".repeat(128 - 20 - 2 - 5 - 2 * 11)
         );
+        assert_eq!(message, &expected);
         assert!(!e.to_string().contains("k3y"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 /// One entry of a whitelist as the API reported it; unknown shapes are kept as text.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(untagged)]
 pub(crate) enum WhitelistEntry {
     Address(IpAddr),
@@ -71,7 +71,7 @@ impl Whitelist {
     /// (keys included) is split on separators and each piece that is an address or a network
     /// counts, so any of those shapes yields the same list.
     pub(crate) fn from_details(details: &Value) -> Self {
-        fn walk(value: &Value, depth: usize, out: &mut Vec<WhitelistEntry>) {
+        fn walk(value: &Value, depth: usize, out: &mut Entries) {
             // Nesting deeper than any plausible answer is ignored rather than recursed into.
             if depth > 8 {
                 return;
@@ -86,19 +86,28 @@ impl Whitelist {
                 _ => {}
             }
         }
-        fn tokens(text: &str, out: &mut Vec<WhitelistEntry>) {
+        /// Entries in the order first seen, deduplicated through a set: a scan of the list
+        /// for each entry made 22,500 entries cost 0.65 s of the runtime's only thread.
+        struct Entries {
+            list: Vec<WhitelistEntry>,
+            seen: std::collections::HashSet<WhitelistEntry>,
+        }
+        fn tokens(text: &str, out: &mut Entries) {
             for piece in text.split(|c: char| c == ',' || c == ';' || c == '|' || c.is_whitespace())
             {
                 if let Some(entry) = WhitelistEntry::parse(piece)
-                    && !out.contains(&entry)
+                    && out.seen.insert(entry.clone())
                 {
-                    out.push(entry);
+                    out.list.push(entry);
                 }
             }
         }
-        let mut entries = Vec::new();
+        let mut entries = Entries {
+            list: Vec::new(),
+            seen: std::collections::HashSet::new(),
+        };
         walk(details, 0, &mut entries);
-        Whitelist(entries)
+        Whitelist(entries.list)
     }
 
     pub(crate) fn covers(&self, ip: IpAddr) -> bool {
@@ -192,6 +201,21 @@ mod tests {
         }
         assert!(Whitelist::from_details(&nested(9)).0.is_empty());
         assert!(Whitelist::from_details(&nested(10)).0.is_empty());
+    }
+
+    #[test]
+    fn a_huge_whitelist_parses_in_linear_time() {
+        let many: Vec<String> = (0..22_500u32)
+            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
+            .collect();
+        let started = std::time::Instant::now();
+        let list = Whitelist::from_details(&json!(many));
+        assert_eq!(list.len(), 22_500);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! HTTP servers: one way to serve a router (connect info, graceful shutdown), and the status routes.
+//! HTTP servers: one hardened way to serve a router (limits, connection cap, liveness lane, graceful shutdown), and the status routes.
 
+pub(crate) mod listener;
 pub(crate) mod routes;
 
 use std::net::SocketAddr;
 
 use axum::Router;
+
+pub(crate) use listener::{Limits, Server, bind};
 
 /// What the status server needs from the configuration.
 #[derive(Clone, Debug)]
@@ -14,16 +17,15 @@ pub(crate) struct Settings {
     pub(crate) recheck_allow_remote: bool,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; handlers see the peer's address.
+/// Serves `router` on `listener` until `shutdown` resolves, with the default [`listener::Limits`];
+/// handlers see the peer's address. Every server goes through [`Server`], so a new listener
+/// inherits the same timeouts, size limits and connection cap. The status server adds its
+/// liveness lane through [`Server`] itself; the gateway (issue 15) serves through this.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    Server::new(router).serve(listener, shutdown).await
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::metrics;
-use crate::status::Shared;
+use crate::status::{Cause, Shared};
 
 #[derive(Clone)]
 struct App {
@@ -36,6 +36,24 @@ pub(crate) fn router(
             shared,
             allow_remote_recheck,
             recheck_timeout,
+        })
+}
+
+/// What a full server still answers (the liveness lane of `server::listener`): `/healthz`,
+/// and 503 for anything else.
+pub(crate) fn liveness(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(|| async {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its connection limit; only /healthz is answered\n".into(),
+            )
+        })
+        .with_state(App {
+            shared,
+            allow_remote_recheck: false,
+            recheck_timeout: Duration::ZERO,
         })
 }
 
@@ -91,7 +109,7 @@ async fn recheck(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAd
                 .into(),
         );
     }
-    let Some(answer) = app.shared.request_recheck() else {
+    let Some(answer) = app.shared.request_recheck(Cause::Asked) else {
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             "too many rechecks waiting\n".into(),
@@ -198,8 +216,8 @@ mod tests {
     async fn a_recheck_from_loopback_is_answered_by_the_loop() {
         let (base, shared, mut rechecks) = serve(Duration::from_secs(60)).await;
         let answering = tokio::spawn(async move {
-            let reply = rechecks.recv().await.expect("a recheck");
-            let _ = reply.send(RecheckResult {
+            let request = rechecks.recv().await.expect("a recheck");
+            let _ = request.reply.send(RecheckResult {
                 rechecked: true,
                 status: shared.snapshot(),
             });

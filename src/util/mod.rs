@@ -1,8 +1,9 @@
-//! Small shared tools with no domain knowledge: one lock idiom, one clock, one backoff, atomic writes, visible waits.
+//! Small shared tools with no domain knowledge: one lock idiom, one clock, one backoff, deadlines, atomic writes, visible waits.
 
 pub(crate) mod atomic;
 pub(crate) mod backoff;
 pub(crate) mod clock;
+pub(crate) mod deadline;
 pub(crate) mod waits;
 
 use std::sync::{Mutex, MutexGuard};

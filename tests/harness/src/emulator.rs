@@ -130,6 +130,15 @@ impl Emulator {
         answer["removed"].as_u64().expect("removed count")
     }
 
+    /// From now on the emulator sees traffic from `from` as coming from `to`: what a NAT
+    /// gateway in front of the host does when its public address changes.
+    pub async fn translate(&self, from: &str, to: &str) {
+        let client = http_client().build().expect("client");
+        let url = self.url(&format!("/_emulator/egress?from={from}&to={to}"));
+        let answer = json(client.post(url), "egress").await;
+        assert_eq!(answer["to"], to, "{answer}");
+    }
+
     /// Calls the API as a client bound to `from`, the way another host would.
     pub async fn call_from(&self, from: IpAddr, params: &[(&str, &str)]) -> Value {
         let client = http_client().local_address(from).build().expect("client");

@@ -8,6 +8,7 @@
 //! - `binary`: where the binary under test is, and one-shot command-line runs of it;
 //! - `http`: HTTP clients for the tests' own requests;
 //! - `emulator`: the sendSMS API emulator as a child process;
+//! - `gateway`: sends through the gateway as an app would, and the message log's verdict;
 //! - `sidecar`: `run` as a child process, and its status server as seen from a test;
 //! - `servers`: small loopback servers a test controls (liars, traps, a switchable echo);
 //! - `redis`: a throwaway `redis-server`;
@@ -21,6 +22,7 @@ mod binary;
 mod child;
 mod emulator;
 mod env;
+pub mod gateway;
 mod http;
 mod redis;
 mod secrets;

@@ -28,6 +28,14 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The server's process id, to stop and continue it (SIGSTOP, SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(|child| child.id())
+            .expect("redis-server is running")
+    }
+
     /// Killed, as in a crash.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

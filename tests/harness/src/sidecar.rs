@@ -101,6 +101,11 @@ impl Sidecar {
         Self::start_with(&[], env, ([127, 0, 0, 1], free_port()).into()).await
     }
 
+    /// The process id while it runs, to read its memory (`/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the sidecar is running")
+    }
+
     /// A client for the status server where it is now.
     pub fn client(&self) -> StatusClient {
         StatusClient::new(self.status)
