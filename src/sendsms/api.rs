@@ -322,6 +322,16 @@ mod tests {
             ApiError::Transport("x".into()).verdict(),
             Verdict::Transient
         );
+        let unexpected = ApiError::UnexpectedStatus {
+            code: 7,
+            message: "account suspended".into(),
+        };
+        assert_eq!(unexpected.verdict(), Verdict::Unexpected);
+        // The budget refused the call before the deadline: waiting is what it asks for.
+        assert_eq!(
+            ApiError::NotSent("no budget".into()).verdict(),
+            Verdict::RateLimited
+        );
     }
 
     #[test]
@@ -333,9 +343,25 @@ mod tests {
             (Verdict::RateLimited, "rate_limited", true),
             (Verdict::Transient, "transient", true),
             (Verdict::Permanent, "permanent", false),
+            (Verdict::Unexpected, "unexpected_status", false),
         ];
         for (verdict, label, retried) in all {
             assert_eq!((verdict.label(), verdict.is_retryable()), (label, retried));
+        }
+    }
+
+    #[test]
+    fn only_0_and_1_are_success_for_either_action() {
+        for action in [
+            Action::TokenListIps,
+            Action::TokenAddIp {
+                ip: "203.0.113.7".parse().expect("ip"),
+            },
+        ] {
+            for code in [-8192, -512, -8, -1, 2, 3, 7, 100] {
+                assert!(!action.succeeded(ApiStatus::from_code(code)), "{code}");
+            }
+            assert!(action.succeeded(ApiStatus::Ok) && action.succeeded(ApiStatus::Queued));
         }
     }
 

@@ -154,6 +154,8 @@ pub(crate) struct FakeState {
     pub(crate) calls: Vec<(&'static str, Instant)>,
     /// The family of each `token_list_ips` call's direct route.
     pub(crate) read_over: Vec<Family>,
+    /// Called around each call as the real routes call it (budgets, metrics), when set.
+    pub(crate) observer: Option<Arc<dyn crate::sendsms::CallObserver>>,
 }
 
 /// The action names, as the API spells them.
@@ -176,6 +178,7 @@ impl FakeApi {
                 scripted: VecDeque::new(),
                 calls: Vec::new(),
                 read_over: Vec::new(),
+                observer: None,
             }),
         })
     }
@@ -253,10 +256,9 @@ impl FakeState {
     }
 }
 
-impl Api for FakeApi {
-    fn list_ips(&self, family: Family) -> ApiFuture<'_, Whitelist> {
-        self.with(|s| s.read_over.push(family));
-        let result = self.call(LIST).and_then(|()| {
+impl FakeApi {
+    fn answer_list(&self) -> Result<Whitelist, ApiError> {
+        self.call(LIST).and_then(|()| {
             self.with(|s| {
                 let effective = s.effective(Instant::now());
                 if s.cloud || effective.contains(&s.egress) {
@@ -267,12 +269,11 @@ impl Api for FakeApi {
                     Err(auth_failed())
                 }
             })
-        });
-        Box::pin(async move { result })
+        })
     }
 
-    fn add_ip(&self, ip: IpAddr) -> ApiFuture<'_, Added> {
-        let result = self.call(ADD).and_then(|()| {
+    fn answer_add(&self, ip: IpAddr) -> Result<Added, ApiError> {
+        self.call(ADD).and_then(|()| {
             self.with(|s| {
                 if !s.bootstrap_authorized {
                     return Err(auth_failed());
@@ -284,8 +285,44 @@ impl Api for FakeApi {
                 s.listed.push((ip, at));
                 Ok(Added::New)
             })
-        });
-        Box::pin(async move { result })
+        })
+    }
+
+    /// `answer`, through the observer as the real routes call it when one is set: the budgets
+    /// first (a refusal means no call: `NotSent`), the count after.
+    fn observed<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        answer: impl FnOnce(&Self) -> Result<T, ApiError> + Send + 'static,
+    ) -> ApiFuture<'_, T> {
+        let Some(observer) = self.with(|s| s.observer.clone()) else {
+            let result = answer(self);
+            return Box::pin(async move { result });
+        };
+        Box::pin(async move {
+            observer
+                .before_call(action)
+                .await
+                .map_err(ApiError::NotSent)?;
+            let result = answer(self);
+            let verdict = match &result {
+                Ok(_) => crate::sendsms::Verdict::Success,
+                Err(e) => e.verdict(),
+            };
+            observer.after_call(action, verdict);
+            result
+        })
+    }
+}
+
+impl Api for FakeApi {
+    fn list_ips(&self, family: Family) -> ApiFuture<'_, Whitelist> {
+        self.with(|s| s.read_over.push(family));
+        self.observed(LIST, FakeApi::answer_list)
+    }
+
+    fn add_ip(&self, ip: IpAddr) -> ApiFuture<'_, Added> {
+        self.observed(ADD, move |api| api.answer_add(ip))
     }
 
     fn bootstrap_route(&self) -> String {
