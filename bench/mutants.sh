@@ -136,7 +136,8 @@ fi
 if [[ $mode == --ci ]]; then
   commit=$(git rev-parse HEAD 2>/dev/null || echo 0)
   shard=$((16#${commit:0:8} % shards))
-  args+=(--shard "$shard/$shards" --sharding round-robin)
+  # The test profile the suite was just built with: no dependency is built again.
+  args+=(--shard "$shard/$shards" --sharding round-robin --profile test)
   echo "mutants: shard $shard of $shards (from commit ${commit:0:8})" >&2
 fi
 echo "mutants: cargo mutants ${args[*]}" >&2
