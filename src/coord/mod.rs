@@ -655,6 +655,16 @@ mod tests {
     use super::*;
     use crate::testing::flow_settings;
 
+    #[test]
+    fn each_mode_is_named_in_metrics_and_status() {
+        let redis = Mode::Redis(SecretUrl::new("redis://127.0.0.1:6379/0".into()));
+        let file = Mode::File(PathBuf::from("/var/lib/fleet"));
+        assert_eq!(
+            [Mode::None.name(), file.name(), redis.name()],
+            [None, Some("file"), Some("redis")]
+        );
+    }
+
     #[tokio::test]
     async fn a_wait_for_another_members_lease_is_shown_while_it_lasts() {
         let dir = tempfile::tempdir().expect("tempdir");
