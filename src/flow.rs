@@ -399,6 +399,20 @@ mod tests {
         assert_eq!(metrics.counters().api_calls, 3);
         assert!(flow.coordinator().is_none());
         assert_eq!(flow.time_limit(), Duration::from_secs(30));
+        // The budget's wait is listed where `/status` reads the flow's waits.
+        flow.observer
+            .before_call(LIST)
+            .await
+            .expect("the window's second call");
+        let observer = flow.observer();
+        let waiting = tokio::spawn(async move { observer.before_call(LIST).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let listed = flow.waits().current();
+        assert!(
+            listed.len() == 1 && listed[0].cause.contains("SENDSMS_API_BUDGET=2"),
+            "{listed:?}"
+        );
+        waiting.await.expect("task").expect("budget");
     }
 
     #[tokio::test]
