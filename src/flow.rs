@@ -448,6 +448,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lease_held_mid_proof_is_handed_back_on_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let here = ip("203.0.113.10");
+        let mut settings = flow_settings(Duration::from_secs(30));
+        settings.coordination.mode = coord::Mode::File(dir.path().to_path_buf());
+        // Never proven: the proof runs until it is stopped.
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.propagation = Duration::from_secs(3600));
+        let (flow, _) = flow(&api, &settings);
+        let other = Coordinator::new(
+            &settings.coordination,
+            &settings.credentials,
+            None,
+            Arc::default(),
+        )
+        .expect("store")
+        .expect("coordinated")
+        .renamed("another member");
+        let shutdown = async {
+            while api.calls(ADD) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            flow.hand_back().await;
+        };
+        tokio::select! {
+            ended = flow.ensure(here, 0) => panic!("the proof cannot end: {ended:?}"),
+            () = shutdown => {}
+        }
+        // The lease is free: the next member leads at once instead of waiting out the lease.
+        let work = async { Ok::<(), ()>(()) };
+        let led = tokio::time::timeout(Duration::from_secs(1), other.ensure(here, 0, work))
+            .await
+            .expect("no wait for the lease");
+        assert!(matches!(led, Coordinated::Own(Ok(()))));
+    }
+
+    #[tokio::test]
     async fn a_failed_store_means_acting_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let blocked = dir.path().join("not-a-directory");

@@ -623,6 +623,27 @@ mod tests {
         assert_eq!(api.calls(ADD), 1);
     }
 
+    #[test]
+    fn the_real_routes_say_which_bootstrap_path_they_take() {
+        let mut settings = crate::testing::flow_settings(TIMEOUT);
+        let credentials = settings.credentials.clone();
+        let routes = |settings: &crate::flow::Settings| -> Arc<dyn Api> {
+            Arc::new(Routes::new(&settings.api, &credentials, None).expect("routes"))
+        };
+        let direct = routes(&settings);
+        assert!(direct.bootstrap_is_direct() && !direct.bootstrap_via_proxy());
+        assert_eq!(direct.bootstrap_route(), "the direct route");
+        settings.api.bootstrap.proxy = Some(crate::secret::SecretUrl::new(
+            "http://user:pw@127.0.0.1:3128".into(),
+        ));
+        let proxied = routes(&settings);
+        assert!(!proxied.bootstrap_is_direct() && proxied.bootstrap_via_proxy());
+        assert_eq!(
+            proxied.bootstrap_route(),
+            "bootstrap proxy http://127.0.0.1:3128 (SENDSMS_BOOTSTRAP_PROXY)"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn every_read_goes_over_the_direct_route_of_the_addresss_family() {
         for here in [ip("203.0.113.10"), ip("2001:db8::10")] {
@@ -701,6 +722,12 @@ mod tests {
             .expect_err("unreachable");
         assert!(
             matches!(e, ReconcileError::BootstrapUnreachable { .. }),
+            "{e}"
+        );
+        // The fake's bootstrap path is a bind address, not a proxy: the hint says which.
+        assert!(
+            e.to_string()
+                .contains("SENDSMS_BOOTSTRAP_BIND is an address"),
             "{e}"
         );
         assert_eq!(api.calls(ADD) as u32, UNREACHABLE_TRIES);

@@ -559,6 +559,15 @@ impl Coordinator {
     }
 }
 
+#[cfg(test)]
+impl Coordinator {
+    /// This member under another name: one process, several members.
+    pub(crate) fn renamed(mut self: Arc<Self>, name: &str) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("not shared yet").member = name.to_owned();
+        self
+    }
+}
+
 /// A store's time to live in milliseconds; never 0, which Redis refuses and which would expire
 /// a file record at once.
 fn millis(d: Duration) -> u64 {
@@ -676,13 +685,10 @@ mod tests {
             lease,
             ..flow.coordination
         };
-        let mut coordinator = Coordinator::new(&settings, &flow.credentials, None, waits)
+        Coordinator::new(&settings, &flow.credentials, None, waits)
             .expect("store")
-            .expect("coordinated");
-        Arc::get_mut(&mut coordinator)
-            .expect("not shared yet")
-            .member = name.to_owned();
-        coordinator
+            .expect("coordinated")
+            .renamed(name)
     }
 
     fn default_member(dir: &std::path::Path, name: &str) -> Arc<Coordinator> {
@@ -997,14 +1003,10 @@ mod tests {
         let mut settings = flow.coordination.clone();
         settings.mode = Mode::File(dir.path().to_path_buf());
         let member = |name: &str, waits: Arc<Waits>| {
-            let mut coordinator = Coordinator::new(&settings, &flow.credentials, None, waits)
+            Coordinator::new(&settings, &flow.credentials, None, waits)
                 .expect("store")
-                .expect("coordinated");
-            // One process, two members: each needs a name of its own.
-            Arc::get_mut(&mut coordinator)
-                .expect("not shared yet")
-                .member = name.to_owned();
-            coordinator
+                .expect("coordinated")
+                .renamed(name)
         };
         let waits = Arc::new(Waits::default());
         let (holder, waiter) = (member("a", Arc::default()), member("b", Arc::clone(&waits)));
