@@ -584,7 +584,10 @@ mod tests {
         let api = FakeApi::new(here, &[]);
         api.with(|s| s.propagation = Duration::from_secs(3));
         let started = Instant::now();
+        let logs = crate::testing::Logs::capture();
         let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        // A refusal is an answer: it is not read again before the write.
+        assert!(!logs.text().contains("reading again"), "{}", logs.text());
         let Source::Added { duplicate, checks } = proof.source else {
             panic!("{proof}");
         };
@@ -839,8 +842,65 @@ mod tests {
         assert!(report.refusal.is_some_and(|r| r.contains("-8")));
         api.with(|s| s.listed.push((here, Instant::now())));
         let report = reconciler(&api, TIMEOUT).check(here).await.expect("report");
-        assert!(report.usable());
+        assert!(report.usable() && !report.not_ip_locked(), "{report:?}");
         assert_eq!((api.calls(LIST), api.calls(ADD)), (2, 0));
+    }
+
+    #[test]
+    fn each_proof_says_how_it_was_made() {
+        let here = ip("203.0.113.10");
+        let listed = Whitelist(vec![crate::sendsms::whitelist::WhitelistEntry::Address(
+            here,
+        )]);
+        let proof = |source, whitelist| Proof {
+            ip: here,
+            source,
+            whitelist,
+            elapsed: Duration::from_millis(1500),
+        };
+        let said = |source, whitelist| proof(source, whitelist).to_string();
+        assert_eq!(
+            said(Source::AlreadyListed, Some(listed.clone())),
+            "203.0.113.10 is already whitelisted and the key works from it; nothing written (1.50s)"
+        );
+        assert_eq!(
+            said(
+                Source::Added {
+                    duplicate: false,
+                    checks: 1
+                },
+                Some(listed.clone())
+            ),
+            "203.0.113.10 whitelisted and verified from this host after 1 check (1.50s); \
+             whitelist: 203.0.113.10"
+        );
+        assert_eq!(
+            said(
+                Source::Added {
+                    duplicate: true,
+                    checks: 3
+                },
+                None
+            ),
+            "203.0.113.10 was already on the whitelist (API said duplicate) and verified from \
+             this host after 3 checks (1.50s)"
+        );
+        assert_eq!(
+            said(
+                Source::Peer {
+                    by: "pod-a/7".into(),
+                    verified_at_ms: 1_700_000_000_000
+                },
+                None
+            ),
+            "203.0.113.10 was verified by fleet member pod-a/7 at 2023-11-14T22:13:20Z; \
+             nothing written"
+        );
+        assert_eq!(
+            said(Source::NotIpLocked, Some(listed)),
+            "203.0.113.10 is not on the whitelist, yet the key works from it: the key is not \
+             IP-locked; nothing written (1.50s)"
+        );
     }
 
     #[tokio::test(start_paused = true)]
