@@ -846,6 +846,48 @@ mod tests {
         assert_eq!((api.calls(LIST), api.calls(ADD)), (2, 0));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_status_no_action_answers_writes_nothing_and_says_so() {
+        let here = ip("203.0.113.10");
+        let suspended = || ApiError::UnexpectedStatus {
+            code: 7,
+            message: "account suspended".into(),
+        };
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.scripted.push_back((LIST, suspended())));
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("unexpected");
+        assert!(
+            matches!(
+                e,
+                ReconcileError::ApiUnavailable {
+                    during: "token_list_ips",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(api.calls(ADD), 0, "nothing is written after it");
+        api.with(|s| s.scripted.push_back((ADD, suspended())));
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("unexpected");
+        assert!(
+            matches!(
+                e,
+                ReconcileError::ApiUnavailable {
+                    during: "token_add_ip",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(api.calls(ADD), 1, "not tried again");
+    }
+
     #[test]
     fn each_proof_says_how_it_was_made() {
         let here = ip("203.0.113.10");
