@@ -753,12 +753,20 @@ mod tests {
         let here = ip("203.0.113.10");
         let api = FakeApi::new(here, &[here]);
         api.refuse_next(LIST, -4096);
+        let logs = crate::testing::Logs::capture();
         let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
         assert_eq!(
             proof.source,
             Source::AlreadyListed,
             "a throttled read is read again"
         );
+        assert!(
+            logs.text()
+                .contains("the API is rate-limiting this account (the API answered status -4096"),
+            "{}",
+            logs.text()
+        );
+        assert!(logs.text().contains("attempt 1 waits"), "{}", logs.text());
         let times = api.call_times(LIST);
         assert_eq!(times.len(), 2);
         assert!(
@@ -886,6 +894,41 @@ mod tests {
             "{e}"
         );
         assert_eq!(api.calls(ADD), 1, "not tried again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_that_is_not_propagation_ends_the_proof_at_once() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.propagation = Duration::from_secs(3600));
+        let reconciler = reconciler(&api, TIMEOUT);
+        // After the add, a refusal of the request itself says nothing about propagation.
+        api.refuse_next(LIST, -8);
+        api.refuse_next(LIST, -128);
+        let started = Instant::now();
+        let e = reconciler.ensure(here).await.expect_err("refused");
+        assert!(matches!(e, ReconcileError::NotVerified { .. }), "{e}");
+        assert!(e.to_string().contains("status -128"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let not_the_api = ApiError::NotTheApi("http://127.0.0.1:9/json: HTTP 404".into());
+        api.refuse_next(LIST, -8);
+        api.with(|s| s.scripted.push_back((LIST, not_the_api)));
+        let e = reconciler.ensure(here).await.expect_err("not the API");
+        assert!(matches!(e, ReconcileError::NotTheApi(_)), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_reads_again_after_a_transient_fault() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[here]);
+        api.drop_next(LIST);
+        let report = reconciler(&api, TIMEOUT).check(here).await.expect("report");
+        assert!(report.usable(), "{report:?}");
+        assert_eq!(api.calls(LIST), 2);
     }
 
     #[test]
