@@ -188,8 +188,10 @@ for line in open(config):
         break
     if in_list and stripped.startswith("#"):
         reason.append(stripped.lstrip("# ").strip())
-    elif in_list and stripped.startswith('"'):
-        pattern = json.loads(stripped.rstrip(","))
+    elif in_list and stripped[:1] in ("'", '"'):
+        literal = stripped.rstrip(",")
+        # A TOML literal string ('...') has no escapes; a basic one ("...") reads as JSON.
+        pattern = literal[1:-1] if literal[0] == "'" else json.loads(literal)
         matched = [n for n in names if re.search(pattern, n)]
         if len(matched) != 1:
             sys.exit(f"exclusion {pattern!r} matches {len(matched)} mutants: {matched}")
