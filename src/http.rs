@@ -29,6 +29,26 @@ fn root_certificates() -> &'static [reqwest::Certificate] {
     })
 }
 
+/// The same built-in roots as one PEM bundle, for a client that takes PEM (the Redis store's
+/// `rediss://`): the host's store is never read for it either.
+pub(crate) fn builtin_roots_pem() -> &'static [u8] {
+    use base64::Engine;
+    static PEM: OnceLock<Vec<u8>> = OnceLock::new();
+    PEM.get_or_init(|| {
+        let mut pem = String::new();
+        for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+            let text = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in text.as_bytes().chunks(64) {
+                pem.push_str(&String::from_utf8_lossy(line));
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        }
+        pem.into_bytes()
+    })
+}
+
 /// The TLS settings of a client built without reqwest (the gateway's): the same roots, with
 /// `extra` (`SENDSMS_EXTRA_CA_FILE`) as for every API client, and HTTP/1.1 only.
 pub(crate) fn tls_config(extra: &ExtraRoots) -> std::sync::Arc<rustls::ClientConfig> {
@@ -195,4 +215,26 @@ pub(crate) async fn read_capped(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn the_pem_bundle_holds_exactly_the_built_in_roots() {
+        let parsed: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(builtin_roots_pem())
+                .collect::<Result<_, _>>()
+                .expect("valid PEM");
+        assert_eq!(parsed.len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len());
+        assert!(
+            parsed
+                .iter()
+                .zip(webpki_root_certs::TLS_SERVER_ROOT_CERTS)
+                .all(|(ours, theirs)| ours.as_ref() == theirs.as_ref())
+        );
+    }
 }

@@ -71,7 +71,17 @@ impl RedisStore {
         timeout: Duration,
     ) -> Result<Self, StoreError> {
         let shown = url.to_string();
-        let client = redis::Client::open(url.expose()).map_err(|e| StoreError::Unavailable {
+        let opened = if url.expose().starts_with("rediss:") {
+            // The binary's own roots, as for every other TLS client: not the host's store.
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(crate::http::builtin_roots_pem().to_vec()),
+            };
+            redis::Client::build_with_tls(url.expose(), certificates)
+        } else {
+            redis::Client::open(url.expose())
+        };
+        let client = opened.map_err(|e| StoreError::Unavailable {
             store: shown.clone(),
             // The URL is not repeated: it may hold a password.
             problem: format!("unusable Redis URL ({:?})", e.kind()),
@@ -253,6 +263,17 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_store_is_built_with_the_binarys_own_roots() {
+        let scope = Scope {
+            username: "alice".into(),
+            fingerprint: "0123".into(),
+        };
+        let url = crate::secret::SecretUrl::new("rediss://:pw@cache.internal:6380/0".into());
+        // Building connects to nothing; it only needs the roots to parse.
+        assert!(RedisStore::new(&url, &scope, Duration::from_secs(3)).is_ok());
+    }
 
     /// A throwaway redis-server on a free port; None (said loudly) where it is not installed,
     /// a failure in CI.
