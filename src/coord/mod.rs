@@ -798,12 +798,13 @@ mod tests {
     #[tokio::test]
     async fn the_holder_renews_its_lease_while_it_works_and_lets_go_after() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let lease = Duration::from_millis(300);
+        // Renewed every 200 ms, a renewal may come 400 ms late before the lease lapses.
+        let lease = Duration::from_millis(600);
         let holder = member(dir.path(), "a", lease, lease, Arc::default());
         let other = member(dir.path(), "b", lease, lease, Arc::default());
         let work = async {
             // Work longer than the lease: only the renewals keep it.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
             assert_eq!(
                 other
                     .store
@@ -813,7 +814,7 @@ mod tests {
                 Some("a".to_owned()),
                 "still the holder's after {lease:?}"
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             Err::<(), ()>(())
         };
         assert!(matches!(
