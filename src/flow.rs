@@ -296,6 +296,89 @@ mod tests {
         (flow, metrics)
     }
 
+    /// A flow whose fake API calls the observer as the real routes do: every call passes the
+    /// budgets and is counted.
+    fn observed(api: &Arc<FakeApi>, settings: &Settings) -> (Flow, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(settings.coordination.mode.name()));
+        let api = Arc::clone(api);
+        let make_api: MakeApi = Box::new(move |observer| {
+            api.with(|s| s.observer = Some(observer));
+            let api: Arc<dyn Api> = api.clone();
+            Ok(api)
+        });
+        let flow = Flow::with_api(settings, Arc::clone(&metrics), make_api).expect("flow");
+        (flow, metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proof_the_budget_cut_short_is_no_budget_and_one_the_api_denied_is_not() {
+        let here = ip("203.0.113.10");
+        let mut settings = flow_settings(Duration::from_secs(20));
+        settings.api_budget = 3;
+        // The address takes effect long after the timeout: each read says "not yet".
+        let slow = || {
+            let api = FakeApi::new(here, &[]);
+            api.with(|s| s.propagation = Duration::from_secs(3600));
+            api
+        };
+        let api = slow();
+        let (flow, metrics) = observed(&api, &settings);
+        let e = flow.ensure(here, 0).await.expect_err("no proof in time");
+        assert!(
+            matches!(e, EnsureError::NoBudget { ip, .. } if ip == here),
+            "{e}"
+        );
+        assert_eq!(
+            api.with(|s| s.calls.len()),
+            3,
+            "never more calls than the budget"
+        );
+        assert_eq!(metrics.counters().api_calls, 3, "each call counted once");
+        // With budget to spare the same timeout is the API's doing: not verified.
+        settings.api_budget = 600;
+        let api = slow();
+        let (flow, _) = observed(&api, &settings);
+        let e = flow.ensure(here, 0).await.expect_err("no proof in time");
+        assert!(
+            matches!(
+                e,
+                EnsureError::Reconcile(ReconcileError::NotVerified { .. })
+            ),
+            "{e}"
+        );
+        assert!(api.with(|s| s.calls.len()) > 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_operation_ends_by_the_time_limit() {
+        let here = ip("203.0.113.10");
+        let settings = flow_settings(Duration::from_secs(20));
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.propagation = Duration::from_secs(3600));
+        let (flow, _) = observed(&api, &settings);
+        assert_eq!(flow.time_limit(), Duration::from_secs(20));
+        let started = tokio::time::Instant::now();
+        let detected = async { Ok::<_, ()>(here) };
+        let e = flow
+            .ensure_detected(Family::V4, detected)
+            .await
+            .expect("detected")
+            .expect_err("not in time");
+        assert!(matches!(e, EnsureError::Reconcile(_)), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        // A read refused for throttling is retried until the limit, then given up.
+        api.with(|s| {
+            for _ in 0..100 {
+                s.scripted
+                    .push_back((LIST, crate::sendsms::ApiError::Http(429)));
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let e = flow.check(here).await.expect_err("throttled throughout");
+        assert!(matches!(e, ReconcileError::ApiUnavailable { .. }), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn alone_every_call_is_budgeted_and_counted() {
         let here = ip("203.0.113.10");
@@ -316,6 +399,20 @@ mod tests {
         assert_eq!(metrics.counters().api_calls, 3);
         assert!(flow.coordinator().is_none());
         assert_eq!(flow.time_limit(), Duration::from_secs(30));
+        // The budget's wait is listed where `/status` reads the flow's waits.
+        flow.observer
+            .before_call(LIST)
+            .await
+            .expect("the window's second call");
+        let observer = flow.observer();
+        let waiting = tokio::spawn(async move { observer.before_call(LIST).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let listed = flow.waits().current();
+        assert!(
+            listed.len() == 1 && listed[0].cause.contains("SENDSMS_API_BUDGET=2"),
+            "{listed:?}"
+        );
+        waiting.await.expect("task").expect("budget");
     }
 
     #[tokio::test]
@@ -348,6 +445,43 @@ mod tests {
                 .encode()
                 .contains("coordination_leases_total 1")
         );
+    }
+
+    #[tokio::test]
+    async fn a_lease_held_mid_proof_is_handed_back_on_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let here = ip("203.0.113.10");
+        let mut settings = flow_settings(Duration::from_secs(30));
+        settings.coordination.mode = coord::Mode::File(dir.path().to_path_buf());
+        // Never proven: the proof runs until it is stopped.
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.propagation = Duration::from_secs(3600));
+        let (flow, _) = flow(&api, &settings);
+        let other = Coordinator::new(
+            &settings.coordination,
+            &settings.credentials,
+            None,
+            Arc::default(),
+        )
+        .expect("store")
+        .expect("coordinated")
+        .renamed("another member");
+        let shutdown = async {
+            while api.calls(ADD) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            flow.hand_back().await;
+        };
+        tokio::select! {
+            ended = flow.ensure(here, 0) => panic!("the proof cannot end: {ended:?}"),
+            () = shutdown => {}
+        }
+        // The lease is free: the next member leads at once instead of waiting out the lease.
+        let work = async { Ok::<(), ()>(()) };
+        let led = tokio::time::timeout(Duration::from_secs(1), other.ensure(here, 0, work))
+            .await
+            .expect("no wait for the lease");
+        assert!(matches!(led, Coordinated::Own(Ok(()))));
     }
 
     #[tokio::test]

@@ -82,7 +82,9 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         _ if segments[0] == 0x2001 && segments[1] == 0x0db8 => {
             "documentation range (2001:db8::/32)"
         }
-        _ if segments[0] & 0xfff0 == 0x3ff0 => "documentation range (3fff::/20)",
+        _ if segments[0] == 0x3fff && segments[1] & 0xf000 == 0 => {
+            "documentation range (3fff::/20)"
+        }
         _ if segments[0] == 0x2001 && segments[1] == 0x0002 && segments[2] == 0 => {
             "benchmarking range (2001:2::/48)"
         }
@@ -97,54 +99,156 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rejects_every_special_range() {
-        for text in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.1.1",
-            "100.64.0.1",
+    /// Each special range at both of its ends with the exact reason (a range caught by a later,
+    /// wider rule would still be refused, but for the wrong reason), and the public addresses
+    /// just outside it.
+    const V4: &[(&str, Option<&str>)] = &[
+        ("0.0.0.0", Some("unspecified")),
+        ("0.0.0.1", Some("this network (0.0.0.0/8)")),
+        ("0.255.255.255", Some("this network (0.0.0.0/8)")),
+        ("1.0.0.0", None),
+        ("9.255.255.255", None),
+        ("10.0.0.0", Some("private (RFC 1918)")),
+        ("10.255.255.255", Some("private (RFC 1918)")),
+        ("11.0.0.0", None),
+        ("8.64.0.1", None),
+        ("99.64.0.1", None),
+        ("100.0.0.1", None),
+        ("100.63.255.255", None),
+        (
+            "100.64.0.0",
+            Some("shared address space (CGNAT, 100.64.0.0/10)"),
+        ),
+        (
             "100.127.255.255",
-            "192.0.2.1",
-            "198.51.100.1",
-            "203.0.113.1",
-            "198.18.0.1",
-            "198.19.255.1",
-            "255.255.255.255",
-            "224.0.0.1",
-            "240.0.0.1",
-            "::",
-            "::1",
-            "::ffff:8.8.8.8",
-            "ff02::1",
-            "fc00::1",
-            "fd12::1",
-            "fe80::1",
-            "2001:db8::1",
-            "3fff::1",
-            "2001:2::1",
-            "64:ff9b::1.2.3.4",
-        ] {
-            let ip: IpAddr = text.parse().unwrap();
-            assert!(non_public_reason(ip).is_some(), "{text} must be rejected");
+            Some("shared address space (CGNAT, 100.64.0.0/10)"),
+        ),
+        ("100.128.0.0", None),
+        ("101.64.0.1", None),
+        ("126.255.255.255", None),
+        ("127.0.0.0", Some("loopback")),
+        ("127.255.255.255", Some("loopback")),
+        ("128.0.0.0", None),
+        ("169.253.255.255", None),
+        ("169.254.0.0", Some("link-local")),
+        ("169.254.255.255", Some("link-local")),
+        ("169.255.0.0", None),
+        ("172.15.255.255", None),
+        ("172.16.0.0", Some("private (RFC 1918)")),
+        ("172.31.255.255", Some("private (RFC 1918)")),
+        ("172.32.0.0", None),
+        ("191.255.255.255", None),
+        (
+            "192.0.0.0",
+            Some("IETF protocol assignments (192.0.0.0/24)"),
+        ),
+        (
+            "192.0.0.255",
+            Some("IETF protocol assignments (192.0.0.0/24)"),
+        ),
+        ("192.0.1.0", None),
+        ("192.0.2.0", Some("documentation range")),
+        ("192.0.2.255", Some("documentation range")),
+        ("192.0.3.0", None),
+        ("192.1.0.0", None),
+        ("193.0.0.0", None),
+        ("8.0.0.1", None),
+        ("192.8.0.1", None),
+        ("192.167.255.255", None),
+        ("192.168.0.0", Some("private (RFC 1918)")),
+        ("192.168.255.255", Some("private (RFC 1918)")),
+        ("192.169.0.0", None),
+        ("198.17.255.255", None),
+        ("198.18.0.0", Some("benchmarking range (198.18.0.0/15)")),
+        ("198.19.255.255", Some("benchmarking range (198.18.0.0/15)")),
+        ("198.20.0.0", None),
+        ("8.18.0.1", None),
+        ("8.19.0.1", None),
+        ("199.18.0.1", None),
+        ("198.51.100.0", Some("documentation range")),
+        ("198.51.100.255", Some("documentation range")),
+        ("203.0.113.0", Some("documentation range")),
+        ("203.0.113.255", Some("documentation range")),
+        ("223.255.255.255", None),
+        ("224.0.0.0", Some("multicast")),
+        ("239.255.255.255", Some("multicast")),
+        ("240.0.0.0", Some("reserved (240.0.0.0/4)")),
+        ("255.255.255.254", Some("reserved (240.0.0.0/4)")),
+        ("255.255.255.255", Some("broadcast")),
+    ];
+
+    const V6: &[(&str, Option<&str>)] = &[
+        ("::", Some("unspecified")),
+        ("::1", Some("loopback")),
+        ("::2", Some("not global unicast (outside 2000::/3)")),
+        ("::ffff:8.8.8.8", Some("IPv4-mapped IPv6")),
+        ("ff00::", Some("multicast")),
+        ("ff02::1", Some("multicast")),
+        ("fbff:ffff::", Some("not global unicast (outside 2000::/3)")),
+        ("fc00::", Some("unique local (fc00::/7)")),
+        ("fdff:ffff::1", Some("unique local (fc00::/7)")),
+        ("fe00::", Some("not global unicast (outside 2000::/3)")),
+        ("fe80::", Some("link-local")),
+        ("febf:ffff::1", Some("link-local")),
+        ("fec0::", Some("not global unicast (outside 2000::/3)")),
+        ("1fff:ffff::", Some("not global unicast (outside 2000::/3)")),
+        ("2000::", None),
+        ("2001::", Some("IETF special purpose (2001::/23)")),
+        ("2001:1ff:ffff::", Some("IETF special purpose (2001::/23)")),
+        ("2001:200::", None),
+        ("2001:1::", Some("IETF special purpose (2001::/23)")),
+        ("2001:2::", Some("benchmarking range (2001:2::/48)")),
+        ("2001:2:0:ffff::", Some("benchmarking range (2001:2::/48)")),
+        ("2001:2:1::", Some("IETF special purpose (2001::/23)")),
+        ("2001:3::", Some("IETF special purpose (2001::/23)")),
+        ("2002:2::", None),
+        ("2001:db7::", None),
+        ("2001:db8::", Some("documentation range (2001:db8::/32)")),
+        (
+            "2001:db8:ffff::1",
+            Some("documentation range (2001:db8::/32)"),
+        ),
+        ("2001:db9::", None),
+        ("2002:db8::", None),
+        ("2a00:1450:4001::1", None),
+        ("2606:4700::1111", None),
+        ("3ffe::1", None),
+        ("3fff::", Some("documentation range (3fff::/20)")),
+        ("3fff:fff:ffff::", Some("documentation range (3fff::/20)")),
+        ("3fff:1000::", None),
+        ("4000::", Some("not global unicast (outside 2000::/3)")),
+        ("64:ff9a::1", Some("not global unicast (outside 2000::/3)")),
+        ("64:ff9b::1.2.3.4", Some("NAT64 translation prefix")),
+        ("64:ff9b:1::1", Some("NAT64 translation prefix")),
+        ("65:ff9b::1", Some("not global unicast (outside 2000::/3)")),
+        ("2064:ff9b::1", None),
+    ];
+
+    #[test]
+    fn each_range_is_refused_for_its_own_reason_up_to_its_edges() {
+        for (text, reason) in V4.iter().chain(V6) {
+            let ip: IpAddr = text.parse().expect("a valid address");
+            assert_eq!(non_public_reason(ip), *reason, "{text}");
         }
     }
 
     #[test]
-    fn accepts_global_unicast() {
-        for text in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "100.128.0.1",
-            "198.20.0.1",
-            "2a00:1450:4001::1",
-            "2606:4700::1111",
+    fn families() {
+        for (ip, family, name) in [
+            (IpAddr::from([8, 8, 8, 8]), Family::V4, "ipv4"),
+            (
+                IpAddr::from([0x2606, 0x4700, 0, 0, 0, 0, 0, 0x1111]),
+                Family::V6,
+                "ipv6",
+            ),
         ] {
-            let ip: IpAddr = text.parse().unwrap();
-            assert_eq!(non_public_reason(ip), None, "{text} must be accepted");
+            assert_eq!(Family::of(ip), family);
+            assert_eq!(
+                (family.as_str(), family.to_string()),
+                (name, name.to_owned())
+            );
+            let unspecified = family.unspecified();
+            assert!(unspecified.is_unspecified() && Family::of(unspecified) == family);
         }
     }
 }

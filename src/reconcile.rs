@@ -584,7 +584,10 @@ mod tests {
         let api = FakeApi::new(here, &[]);
         api.with(|s| s.propagation = Duration::from_secs(3));
         let started = Instant::now();
+        let logs = crate::testing::Logs::capture();
         let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
+        // A refusal is an answer: it is not read again before the write.
+        assert!(!logs.text().contains("reading again"), "{}", logs.text());
         let Source::Added { duplicate, checks } = proof.source else {
             panic!("{proof}");
         };
@@ -621,6 +624,50 @@ mod tests {
         );
         assert!(proof.whitelist.is_some_and(|w| w.covers(here)));
         assert_eq!(api.calls(ADD), 1);
+    }
+
+    #[test]
+    fn the_real_routes_say_which_bootstrap_path_they_take() {
+        let mut settings = crate::testing::flow_settings(TIMEOUT);
+        let credentials = settings.credentials.clone();
+        let routes = |settings: &crate::flow::Settings| -> Arc<dyn Api> {
+            Arc::new(Routes::new(&settings.api, &credentials, None).expect("routes"))
+        };
+        let direct = routes(&settings);
+        assert!(direct.bootstrap_is_direct() && !direct.bootstrap_via_proxy());
+        assert_eq!(direct.bootstrap_route(), "the direct route");
+        settings.api.bootstrap.proxy = Some(crate::secret::SecretUrl::new(
+            "http://user:pw@127.0.0.1:3128".into(),
+        ));
+        let proxied = routes(&settings);
+        assert!(!proxied.bootstrap_is_direct() && proxied.bootstrap_via_proxy());
+        assert_eq!(
+            proxied.bootstrap_route(),
+            "bootstrap proxy http://127.0.0.1:3128 (SENDSMS_BOOTSTRAP_PROXY)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_read_goes_over_the_direct_route_of_the_addresss_family() {
+        for here in [ip("203.0.113.10"), ip("2001:db8::10")] {
+            let api = FakeApi::new(here, &[]);
+            api.with(|s| s.propagation = Duration::from_secs(2));
+            let reconciler = reconciler(&api, TIMEOUT);
+            reconciler.ensure(here).await.expect("proof");
+            reconciler.check(here).await.expect("report");
+            let detected = async { Ok::<_, ()>(here) };
+            reconciler
+                .ensure_detected(Family::of(here), detected)
+                .await
+                .expect("detected")
+                .expect("proof");
+            let over = api.with(|s| s.read_over.clone());
+            assert!(over.len() >= 4, "{over:?}");
+            assert!(
+                over.iter().all(|f| *f == Family::of(here)),
+                "{here}: {over:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -680,6 +727,12 @@ mod tests {
             matches!(e, ReconcileError::BootstrapUnreachable { .. }),
             "{e}"
         );
+        // The fake's bootstrap path is a bind address, not a proxy: the hint says which.
+        assert!(
+            e.to_string()
+                .contains("SENDSMS_BOOTSTRAP_BIND is an address"),
+            "{e}"
+        );
         assert_eq!(api.calls(ADD) as u32, UNREACHABLE_TRIES);
         assert!(
             started.elapsed() < Duration::from_secs(3),
@@ -700,12 +753,20 @@ mod tests {
         let here = ip("203.0.113.10");
         let api = FakeApi::new(here, &[here]);
         api.refuse_next(LIST, -4096);
+        let logs = crate::testing::Logs::capture();
         let proof = reconciler(&api, TIMEOUT).ensure(here).await.expect("proof");
         assert_eq!(
             proof.source,
             Source::AlreadyListed,
             "a throttled read is read again"
         );
+        assert!(
+            logs.text()
+                .contains("the API is rate-limiting this account (the API answered status -4096"),
+            "{}",
+            logs.text()
+        );
+        assert!(logs.text().contains("attempt 1 waits"), "{}", logs.text());
         let times = api.call_times(LIST);
         assert_eq!(times.len(), 2);
         assert!(
@@ -789,8 +850,142 @@ mod tests {
         assert!(report.refusal.is_some_and(|r| r.contains("-8")));
         api.with(|s| s.listed.push((here, Instant::now())));
         let report = reconciler(&api, TIMEOUT).check(here).await.expect("report");
-        assert!(report.usable());
+        assert!(report.usable() && !report.not_ip_locked(), "{report:?}");
         assert_eq!((api.calls(LIST), api.calls(ADD)), (2, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_no_action_answers_writes_nothing_and_says_so() {
+        let here = ip("203.0.113.10");
+        let suspended = || ApiError::UnexpectedStatus {
+            code: 7,
+            message: "account suspended".into(),
+        };
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.scripted.push_back((LIST, suspended())));
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("unexpected");
+        assert!(
+            matches!(
+                e,
+                ReconcileError::ApiUnavailable {
+                    during: "token_list_ips",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(api.calls(ADD), 0, "nothing is written after it");
+        api.with(|s| s.scripted.push_back((ADD, suspended())));
+        let e = reconciler(&api, TIMEOUT)
+            .ensure(here)
+            .await
+            .expect_err("unexpected");
+        assert!(
+            matches!(
+                e,
+                ReconcileError::ApiUnavailable {
+                    during: "token_add_ip",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(api.calls(ADD), 1, "not tried again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_that_is_not_propagation_ends_the_proof_at_once() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[]);
+        api.with(|s| s.propagation = Duration::from_secs(3600));
+        let reconciler = reconciler(&api, TIMEOUT);
+        // After the add, a refusal of the request itself says nothing about propagation.
+        api.refuse_next(LIST, -8);
+        api.refuse_next(LIST, -128);
+        let started = Instant::now();
+        let e = reconciler.ensure(here).await.expect_err("refused");
+        assert!(matches!(e, ReconcileError::NotVerified { .. }), "{e}");
+        assert!(e.to_string().contains("status -128"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let not_the_api = ApiError::NotTheApi("http://127.0.0.1:9/json: HTTP 404".into());
+        api.refuse_next(LIST, -8);
+        api.with(|s| s.scripted.push_back((LIST, not_the_api)));
+        let e = reconciler.ensure(here).await.expect_err("not the API");
+        assert!(matches!(e, ReconcileError::NotTheApi(_)), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_reads_again_after_a_transient_fault() {
+        let here = ip("203.0.113.10");
+        let api = FakeApi::new(here, &[here]);
+        api.drop_next(LIST);
+        let report = reconciler(&api, TIMEOUT).check(here).await.expect("report");
+        assert!(report.usable(), "{report:?}");
+        assert_eq!(api.calls(LIST), 2);
+    }
+
+    #[test]
+    fn each_proof_says_how_it_was_made() {
+        let here = ip("203.0.113.10");
+        let listed = Whitelist(vec![crate::sendsms::whitelist::WhitelistEntry::Address(
+            here,
+        )]);
+        let proof = |source, whitelist| Proof {
+            ip: here,
+            source,
+            whitelist,
+            elapsed: Duration::from_millis(1500),
+        };
+        let said = |source, whitelist| proof(source, whitelist).to_string();
+        assert_eq!(
+            said(Source::AlreadyListed, Some(listed.clone())),
+            "203.0.113.10 is already whitelisted and the key works from it; nothing written (1.50s)"
+        );
+        assert_eq!(
+            said(
+                Source::Added {
+                    duplicate: false,
+                    checks: 1
+                },
+                Some(listed.clone())
+            ),
+            "203.0.113.10 whitelisted and verified from this host after 1 check (1.50s); \
+             whitelist: 203.0.113.10"
+        );
+        assert_eq!(
+            said(
+                Source::Added {
+                    duplicate: true,
+                    checks: 3
+                },
+                None
+            ),
+            "203.0.113.10 was already on the whitelist (API said duplicate) and verified from \
+             this host after 3 checks (1.50s)"
+        );
+        assert_eq!(
+            said(
+                Source::Peer {
+                    by: "pod-a/7".into(),
+                    verified_at_ms: 1_700_000_000_000
+                },
+                None
+            ),
+            "203.0.113.10 was verified by fleet member pod-a/7 at 2023-11-14T22:13:20Z; \
+             nothing written"
+        );
+        assert_eq!(
+            said(Source::NotIpLocked, Some(listed)),
+            "203.0.113.10 is not on the whitelist, yet the key works from it: the key is not \
+             IP-locked; nothing written (1.50s)"
+        );
     }
 
     #[tokio::test(start_paused = true)]

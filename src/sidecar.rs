@@ -636,7 +636,13 @@ mod tests {
         rig.api
             .with(|s| s.scripted.push_back((LIST, not_the_api())));
         let rechecks = rig.rechecks.take().expect("receiver");
-        let ended = rig.sidecar.run(rechecks, std::future::pending()).await;
+        // Bounded (in the paused clock's time): a loop that never ends fails here, at once.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(3600),
+            rig.sidecar.run(rechecks, std::future::pending()),
+        )
+        .await
+        .expect("the loop ends within an hour");
         let e = ended.expect_err("a URL that never worked ends `run`");
         assert!(e.to_string().contains("SENDSMS_API_URL"), "{e}");
     }
@@ -716,6 +722,41 @@ mod tests {
             rig.api.calls(LIST) <= 2,
             "one round, perhaps after the first poll"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recheck_within_the_min_interval_is_answered_without_a_call() {
+        let here = ip("203.0.113.10");
+        let mut rig = rig(here, &[here]);
+        let rechecks = rig.rechecks.take().expect("receiver");
+        let shared = Arc::clone(&rig.shared);
+        let api = Arc::clone(&rig.api);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let callers = async {
+            // The loop's first poll goes first; rechecks come after it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut seen = Vec::new();
+            for wait in [0, 5, 5] {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let reads = api.calls(LIST);
+                let answer = shared.request_recheck(Cause::Asked).expect("queued").await;
+                let rechecked = answer.expect("answered").rechecked;
+                seen.push((rechecked, api.calls(LIST) - reads));
+            }
+            let _ = stop.send(());
+            seen
+        };
+        let (ended, seen) = tokio::join!(
+            rig.sidecar.run(rechecks, async {
+                let _ = stopped.await;
+            }),
+            callers
+        );
+        ended.expect("stopped by the signal");
+        // SENDSMS_RECHECK_MIN_INTERVAL is 10 s here: the one 5 s after a recheck costs nothing,
+        // the one 10 s after it runs a round again.
+        assert_eq!(seen, [(true, 1), (false, 0), (true, 1)]);
+        assert_eq!(rig.shared.metrics().rechecks.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,4 +1,4 @@
-//! The README's emulator flag table lists exactly the flags `emulator --help` prints, with the same defaults.
+//! The docs agree with the code: README's emulator flag table, and every test SECURITY.md names.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -6,6 +6,7 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_sendsms-whitelister");
 // Compiled in, so a README edit rebuilds and reruns this test.
 const README: &str = include_str!("../README.md");
+const SECURITY: &str = include_str!("../SECURITY.md");
 
 /// Flag name (`--listen`) to its default (`None` when it has none).
 type Flags = BTreeMap<String, Option<String>>;
@@ -130,5 +131,82 @@ fn the_readme_emulator_table_lists_every_flag_of_emulator_help_with_its_default(
     assert!(
         differ.is_empty(),
         "README.md's emulator table shows other defaults than `emulator --help`: {differ:?}"
+    );
+}
+
+/// Where a test SECURITY.md names lives: `file::name` is `fn name` in tests/file.rs,
+/// `module::tests::name` (or `testing::properties::name`) is `fn name` in that module's file
+/// under src/; `module::tests::*` needs the module to have tests. The error says where it looked.
+fn locate(name: &str) -> Result<(), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let segments: Vec<&str> = name.split("::").collect();
+    let (last, modules) = segments.split_last().ok_or("an empty name")?;
+    let in_process = modules.contains(&"tests") || modules.first() == Some(&"testing");
+    let files: Vec<std::path::PathBuf> = if !in_process && modules.len() == 1 {
+        vec![root.join("tests").join(format!("{}.rs", modules[0]))]
+    } else {
+        // A `tests` module is inline in its parent's file, or a file of its own.
+        let parent: Vec<&str> = modules.iter().copied().filter(|m| *m != "tests").collect();
+        let parent = parent.join("/");
+        vec![
+            root.join("src").join(format!("{parent}.rs")),
+            root.join("src").join(&parent).join("mod.rs"),
+            root.join("src").join(format!("{}.rs", modules.join("/"))),
+        ]
+    };
+    let wanted = if *last == "*" {
+        "#[test]".to_owned()
+    } else {
+        format!("fn {last}(")
+    };
+    for file in &files {
+        let holds =
+            |text: String| text.contains(&wanted) || *last == "*" && text.contains("#[tokio::test");
+        if std::fs::read_to_string(file).is_ok_and(holds) {
+            return Ok(());
+        }
+    }
+    Err(format!("`{name}`: no `{wanted}` in {files:?}"))
+}
+
+#[test]
+fn every_test_security_md_names_exists_where_its_name_says() {
+    // The test column is each table row's last cell; a name is a lower-case path of two or
+    // more segments in backquotes (code such as `secret::redact` sits in the defence column).
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for row in SECURITY.lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.trim_end_matches('|').split('|').collect();
+        let Some(tests) = cells.last() else {
+            continue;
+        };
+        for name in tests.split('`').skip(1).step_by(2) {
+            let looks_like_one = name.contains("::")
+                && name.starts_with(|c: char| c.is_ascii_lowercase())
+                && !name.contains(' ');
+            if !looks_like_one {
+                continue;
+            }
+            named += 1;
+            let spelled = name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_:*".contains(c));
+            let found = if spelled {
+                locate(name)
+            } else {
+                Err(format!("`{name}`: not a whole test name"))
+            };
+            if let Err(e) = found {
+                missing.push(e);
+            }
+        }
+    }
+    assert!(
+        named > 30,
+        "only {named} tests found in SECURITY.md's tables"
+    );
+    assert!(
+        missing.is_empty(),
+        "SECURITY.md names tests that do not exist: {missing:#?}"
     );
 }

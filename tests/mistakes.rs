@@ -687,6 +687,92 @@ async fn an_extra_ca_file_trusts_a_re_signing_proxy_for_the_api_and_the_bootstra
     assert!(bad.elapsed < AT_ONCE, "{bad:?}");
 }
 
+/// A user adds the corporate CA to the host's store and expects the sidecar to trust it: it
+/// never does (Mozilla's roots are built in), for detection and the API alike, and the error
+/// points at `SENDSMS_EXTRA_CA_FILE`.
+#[tokio::test]
+async fn a_ca_in_the_hosts_store_is_never_trusted() {
+    let emu = Emulator::bastioned(&[]).await;
+    let ca = TestCa::new();
+    let upstream = emu.addr;
+    let front = ca
+        .listen(move |mut tls, peer| async move {
+            let mut to = connect_from(peer, upstream).await;
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut to).await;
+        })
+        .await;
+    // The store as OpenSSL, rustls-native-certs and the platform verifier read it from the
+    // environment: a bundle file and a directory, both holding the test's CA.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("certs dir");
+    let bundle = dir.path().join("ca-certificates.crt");
+    std::fs::write(&bundle, &ca.pem).expect("bundle");
+    std::fs::write(certs.join("corporate-ca.pem"), &ca.pem).expect("cert in dir");
+    let host_store = [
+        ("SSL_CERT_FILE", bundle.display().to_string()),
+        ("SSL_CERT_DIR", certs.display().to_string()),
+    ];
+    let env = |extra: &[(&str, String)]| {
+        let pairs: Vec<(&str, &str)> = host_store
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        with(emu.env(), &pairs)
+    };
+
+    let detected = run(
+        &["detect"],
+        &env(&[
+            ("SENDSMS_IP_PROVIDERS", format!("https://{front}/ip#front")),
+            ("SENDSMS_IP_QUORUM", "1".into()),
+        ]),
+    )
+    .await;
+    report(
+        "detection over TLS from a CA in the host's store",
+        &detected,
+    );
+    assert_eq!(detected.code, 3, "{detected:?}");
+    assert_says(&detected, &["invalid peer certificate"]);
+
+    let once = run(
+        &["once"],
+        &env(&[
+            ("SENDSMS_API_URL", format!("https://{front}/json")),
+            ("SENDSMS_VERIFY_TIMEOUT", "3s".into()),
+        ]),
+    )
+    .await;
+    report("the API over TLS from a CA in the host's store", &once);
+    assert_eq!(once.code, 5, "{once:?}");
+    assert_says(
+        &once,
+        &["invalid peer certificate", "SENDSMS_EXTRA_CA_FILE"],
+    );
+    assert_eq!(
+        emu.requests(0, "token_list_ips").await,
+        (0, 0),
+        "no call got through"
+    );
+    assert_eq!(emu.whitelist(0).await, vec![BASTION], "nothing was written");
+    // The control: the same front, its CA named where the sidecar does read it.
+    let trusted = run(
+        &["check"],
+        &env(&[
+            ("SENDSMS_API_URL", format!("https://{front}/json")),
+            ("SENDSMS_EXTRA_CA_FILE", bundle.display().to_string()),
+        ]),
+    )
+    .await;
+    assert_eq!(
+        emu.requests(0, "token_list_ips").await,
+        (0, 1),
+        "read through the front once trusted: {trusted:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_key_file_the_user_cannot_read_names_the_user_and_the_owner() {
     use std::os::unix::fs::PermissionsExt;

@@ -71,6 +71,23 @@ fn var(name: &str) -> String {
     format!("{ENV_PREFIX}{}", name.to_ascii_uppercase())
 }
 
+/// An error about a value read from `NAME_FILE` is blamed on the variable that was set:
+/// `NAME_FILE`, not `NAME`.
+fn blamed(from_file: bool) -> impl Fn(ConfigError) -> ConfigError {
+    move |e| match e {
+        ConfigError::Invalid {
+            var,
+            problem,
+            expected,
+        } if from_file => ConfigError::Invalid {
+            var: format!("{var}_FILE"),
+            problem,
+            expected,
+        },
+        other => other,
+    }
+}
+
 fn invalid(name: &str, problem: impl Into<String>, expected: &'static str) -> ConfigError {
     ConfigError::Invalid {
         var: var(name),
@@ -271,6 +288,7 @@ impl RawEnv {
 
     /// The gateway's settings; None when `SENDSMS_GATEWAY_LISTEN` is unset (the gateway is off).
     fn gateway(&mut self) -> Result<Option<gateway::Settings>, ConfigError> {
+        let token_file = self.gateway_token_file.is_some();
         let token = secret_or_file(
             "gateway_token",
             self.gateway_token.take(),
@@ -280,11 +298,11 @@ impl RawEnv {
             .as_ref()
             .is_some_and(|t| t.expose_secret().chars().count() < MIN_TOKEN_CHARS)
         {
-            return Err(invalid(
+            return Err(blamed(token_file)(invalid(
                 "gateway_token",
                 format!("shorter than {MIN_TOKEN_CHARS} characters"),
                 "a random token such as the output of openssl rand -hex 32",
-            ));
+            )));
         }
         let hold = parse_duration("gateway_hold", self.gateway_hold.take(), "30s")?;
         let max_held = parse_number(
@@ -314,6 +332,10 @@ impl RawEnv {
     }
 
     fn notify(&mut self) -> Result<notify::Settings, ConfigError> {
+        let (urls_file, heartbeat_file) = (
+            self.notify_urls_file.is_some(),
+            self.heartbeat_url_file.is_some(),
+        );
         let urls = secret_or_file(
             "notify_urls",
             self.notify_urls.take(),
@@ -327,12 +349,14 @@ impl RawEnv {
         let (chosen, not_ready_for) = parse_notify_events(self.notify_events.take())?;
         Ok(notify::Settings {
             targets: urls
-                .map(|u| parse_notify_urls(&u))
+                .map(|u| parse_notify_urls(&u).map_err(blamed(urls_file)))
                 .transpose()?
                 .unwrap_or_default(),
             chosen,
             not_ready_for,
-            heartbeat: heartbeat.map(|h| parse_heartbeat(&h)).transpose()?,
+            heartbeat: heartbeat
+                .map(|h| parse_heartbeat(&h).map_err(blamed(heartbeat_file)))
+                .transpose()?,
             retry: notify::RETRY,
             attempts: 5,
             timeout: Duration::from_secs(10),
@@ -350,13 +374,22 @@ impl RawEnv {
                     hint: "the sendSMS account user name (or SENDSMS_USERNAME_FILE)",
                 }
             })?;
+        // A conflict names the two variables that were set, files included.
+        let key_var = match self.api_key_file {
+            Some(_) => "api_key_file",
+            None => "api_key",
+        };
+        let password_var = match self.password_file {
+            Some(_) => "password_file",
+            None => "password",
+        };
         let key = secret_or_file("api_key", self.api_key, self.api_key_file)?;
         let password = secret_or_file("password", self.password, self.password_file)?;
         let api_key = match (key, password) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Conflict {
-                    a: var("api_key"),
-                    b: var("password"),
+                    a: var(key_var),
+                    b: var(password_var),
                 });
             }
             (Some(k), None) | (None, Some(k)) => k,
@@ -517,6 +550,39 @@ mod tests {
     }
 
     #[test]
+    fn a_value_read_from_a_file_is_blamed_on_the_file_variable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, content: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            path.display().to_string()
+        };
+        let (key, heartbeat) = (file("key", "k3y"), file("heartbeat", "not a url"));
+        let e = env(&[
+            ("SENDSMS_USERNAME", "a"),
+            ("SENDSMS_API_KEY_FILE", &key),
+            ("SENDSMS_PASSWORD", "pw"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("SENDSMS_API_KEY_FILE and SENDSMS_PASSWORD are both set"),
+            "{e}"
+        );
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_HEARTBEAT_URL_FILE", &heartbeat));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(
+            e.starts_with("SENDSMS_HEARTBEAT_URL_FILE is invalid"),
+            "{e}"
+        );
+        let mut v = BASE.to_vec();
+        v.push(("SENDSMS_HEARTBEAT_URL", "not a url"));
+        let e = env(&v).unwrap_err().to_string();
+        assert!(e.starts_with("SENDSMS_HEARTBEAT_URL is invalid"), "{e}");
+    }
+
+    #[test]
     fn plain_http_only_for_loopback() {
         let mut v = BASE.to_vec();
         v.push(("SENDSMS_API_URL", "http://api.example.net/json"));
@@ -524,6 +590,31 @@ mod tests {
         v.pop();
         v.push(("SENDSMS_API_URL", "http://127.0.0.1:8089/json"));
         assert!(env(&v).is_ok());
+    }
+
+    #[test]
+    fn an_api_url_with_credentials_or_a_query_is_refused_without_showing_them() {
+        for url in [
+            "https://user:urlpass@api.sendsms.ro/json",
+            "https://user@api.sendsms.ro/json",
+            "https://api.sendsms.ro/json?password=urlpass",
+            "http://127.0.0.1:8089/json?debug=1",
+        ] {
+            let mut v = BASE.to_vec();
+            v.push(("SENDSMS_API_URL", url));
+            let e = env(&v).expect_err(url).to_string();
+            assert!(
+                e.starts_with("SENDSMS_API_URL is invalid (it carries credentials or a query"),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("urlpass") && !e.contains("user"), "{url}: {e}");
+        }
+        let mut v = BASE.to_vec();
+        for url in ["http://localhost/json", "http://[::1]:8089/json"] {
+            v.push(("SENDSMS_API_URL", url));
+            assert!(env(&v).is_ok(), "{url}");
+            v.pop();
+        }
     }
 
     #[test]

@@ -277,4 +277,31 @@ mod tests {
             "{names:?}"
         );
     }
+
+    #[tokio::test]
+    async fn a_planted_lock_link_is_never_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("somebody-elses-file");
+        std::fs::write(&target, b"precious").expect("target");
+        std::os::unix::fs::symlink(&target, dir.path().join("al%2fice.00ff.lock")).expect("link");
+        let e = store(dir.path())
+            .ping()
+            .await
+            .expect_err("a link is refused");
+        assert!(e.to_string().contains("al%2fice.00ff.lock"), "{e}");
+        assert_eq!(std::fs::read(&target).expect("target"), b"precious");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_a_store_failure_not_an_absent_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let ip: IpAddr = "2001:db8::7".parse().expect("ip");
+        assert_eq!(store.read_verified(ip).await.expect("absent"), None);
+        // Something that cannot be read where the record goes (here a directory).
+        std::fs::create_dir(dir.path().join("al%2fice.00ff.verified.2001-db8--7.json"))
+            .expect("dir");
+        let e = store.read_verified(ip).await.expect_err("unreadable");
+        assert!(e.to_string().contains("verified.2001-db8--7.json"), "{e}");
+    }
 }

@@ -559,6 +559,15 @@ impl Coordinator {
     }
 }
 
+#[cfg(test)]
+impl Coordinator {
+    /// This member under another name: one process, several members.
+    pub(crate) fn renamed(mut self: Arc<Self>, name: &str) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("not shared yet").member = name.to_owned();
+        self
+    }
+}
+
 /// A store's time to live in milliseconds; never 0, which Redis refuses and which would expire
 /// a file record at once.
 fn millis(d: Duration) -> u64 {
@@ -653,7 +662,340 @@ mod contract {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::flow_settings;
+    use crate::testing::{Logs, flow_settings};
+
+    const IP: &str = "203.0.113.7";
+
+    fn ip() -> IpAddr {
+        IP.parse().expect("ip")
+    }
+
+    /// A member of a fleet sharing the file store in `dir`, named `name` (one process, several
+    /// members), with a lease of `lease` and a verify timeout of `verify`.
+    fn member(
+        dir: &std::path::Path,
+        name: &str,
+        lease: Duration,
+        verify: Duration,
+        waits: Arc<Waits>,
+    ) -> Arc<Coordinator> {
+        let flow = flow_settings(verify);
+        let settings = Settings {
+            mode: Mode::File(dir.to_path_buf()),
+            lease,
+            ..flow.coordination
+        };
+        Coordinator::new(&settings, &flow.credentials, None, waits)
+            .expect("store")
+            .expect("coordinated")
+            .renamed(name)
+    }
+
+    fn default_member(dir: &std::path::Path, name: &str) -> Arc<Coordinator> {
+        let minute = Duration::from_secs(60);
+        member(dir, name, minute, minute, Arc::default())
+    }
+
+    #[tokio::test]
+    async fn a_member_is_named_by_host_and_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flow = flow_settings(Duration::from_secs(30));
+        let settings = Settings {
+            mode: Mode::File(dir.path().to_path_buf()),
+            ..flow.coordination
+        };
+        let coordinator = Coordinator::new(&settings, &flow.credentials, None, Arc::default())
+            .expect("store")
+            .expect("coordinated");
+        let status = coordinator.status();
+        assert_eq!(
+            status.member,
+            format!("{}/{}", crate::util::host_name(), std::process::id())
+        );
+        assert_eq!((status.mode, status.store_up), ("file", true));
+    }
+
+    #[tokio::test]
+    async fn every_answer_says_whether_the_store_is_up_and_a_ping_sees_it_come_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocked = dir.path().join("fleet");
+        std::fs::write(&blocked, b"a file where the store's directory should be").expect("file");
+        let member = default_member(&blocked.join("store"), "a");
+        let logs = Logs::capture();
+        assert!(member.store_up(), "up until an answer says otherwise");
+        for _ in 0..2 {
+            member.ping().await;
+            assert!(!member.store_up());
+            let status = member.status();
+            assert!(!status.store_up);
+            assert!(
+                status
+                    .store_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("file:")),
+                "{status:?}"
+            );
+            assert_eq!(member.metrics.store_up.get(), 0);
+        }
+        std::fs::remove_file(&blocked).expect("unblock");
+        for _ in 0..2 {
+            member.ping().await;
+            assert!(member.store_up());
+            assert_eq!(member.status().store_error, None);
+            assert_eq!(member.metrics.store_up.get(), 1);
+        }
+        let text = logs.text();
+        assert_eq!(
+            text.matches("coordination store unreachable").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("reachable again").count(), 1, "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_fleet_budget_refuses_at_once_past_the_deadline_and_shows_its_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let waits = Arc::new(Waits::default());
+        let minute = Duration::from_secs(60);
+        let member = member(dir.path(), "a", minute, minute, Arc::clone(&waits));
+        for _ in 0..2 {
+            member.acquire_budget(2).await.expect("room");
+        }
+        let soon = Instant::now() + Duration::from_secs(5);
+        let refused = tokio::time::timeout(
+            Duration::from_secs(2),
+            deadline::within(soon, member.acquire_budget(2)),
+        )
+        .await
+        .expect("refused at once, not after a wait");
+        let why = refused.expect_err("no room before the deadline");
+        assert!(why.contains("has no room before the deadline"), "{why}");
+        // With time enough it waits, in steps of at most ten seconds, and says so.
+        let later = Instant::now() + Duration::from_secs(120);
+        let waiting = tokio::spawn({
+            let member = Arc::clone(&member);
+            async move { deadline::within(later, member.acquire_budget(2)).await }
+        });
+        let listed = loop {
+            let listed = waits.current();
+            if !listed.is_empty() || waiting.is_finished() {
+                break listed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        waiting.abort();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(
+            listed[0]
+                .cause
+                .contains("the fleet's API budget (SENDSMS_API_BUDGET=2 calls a minute) is spent"),
+            "{listed:?}"
+        );
+        assert!((9.0..=10.0).contains(&listed[0].seconds), "{listed:?}");
+    }
+
+    #[tokio::test]
+    async fn the_holder_renews_its_lease_while_it_works_and_lets_go_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Renewed every 200 ms, a renewal may come 400 ms late before the lease lapses.
+        let lease = Duration::from_millis(600);
+        let holder = member(dir.path(), "a", lease, lease, Arc::default());
+        let other = member(dir.path(), "b", lease, lease, Arc::default());
+        let work = async {
+            // Work longer than the lease: only the renewals keep it.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            assert_eq!(
+                other
+                    .store
+                    .try_lease(ip(), "b", lease)
+                    .await
+                    .expect("store"),
+                Some("a".to_owned()),
+                "still the holder's after {lease:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err::<(), ()>(())
+        };
+        assert!(matches!(
+            holder.ensure(ip(), 0, work).await,
+            Coordinated::Own(Err(()))
+        ));
+        // A failed work shares no record and lets go at once.
+        assert_eq!(other.store.read_verified(ip()).await.expect("store"), None);
+        assert_eq!(
+            other
+                .store
+                .try_lease(ip(), "b", lease)
+                .await
+                .expect("store"),
+            None,
+            "released"
+        );
+        assert_eq!(holder.status().leases_taken, 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_is_said_once_and_no_longer_renewed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lease = Duration::from_millis(150);
+        let holder = member(dir.path(), "a", lease, lease, Arc::default());
+        let thief = member(dir.path(), "b", lease, lease, Arc::default());
+        let logs = Logs::capture();
+        let work = async {
+            // Another member takes the lease as if it had expired.
+            thief.store.release_lease(ip(), "a").await.expect("store");
+            thief
+                .store
+                .try_lease(ip(), "b", Duration::from_secs(60))
+                .await
+                .expect("store");
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Ok::<(), ()>(())
+        };
+        assert!(matches!(
+            holder.ensure(ip(), 0, work).await,
+            Coordinated::Own(Ok(()))
+        ));
+        let text = logs.text();
+        assert_eq!(
+            text.matches("the whitelist lease expired while this member held it")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            thief
+                .store
+                .try_lease(ip(), "c", lease)
+                .await
+                .expect("store"),
+            Some("b".to_owned()),
+            "the holder let go of nothing it no longer held"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_held_mid_work_is_handed_back_on_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let holder = default_member(dir.path(), "a");
+        let other = default_member(dir.path(), "b");
+        let (started, leading) = tokio::sync::oneshot::channel::<()>();
+        let lead = tokio::spawn({
+            let holder = Arc::clone(&holder);
+            async move {
+                let work = async {
+                    let _ = started.send(());
+                    std::future::pending::<Result<(), ()>>().await
+                };
+                holder.ensure(ip(), 0, work).await;
+            }
+        });
+        leading.await.expect("the holder leads");
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            other
+                .store
+                .try_lease(ip(), "b", minute)
+                .await
+                .expect("store"),
+            Some("a".to_owned())
+        );
+        holder.hand_back().await;
+        assert_eq!(
+            other
+                .store
+                .try_lease(ip(), "b", minute)
+                .await
+                .expect("store"),
+            None,
+            "handed back"
+        );
+        lead.abort();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_says_once_who_it_waits_for_and_gives_up_at_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let holder = default_member(dir.path(), "a");
+        let waiter = default_member(dir.path(), "b");
+        let minute = Duration::from_secs(60);
+        holder
+            .store
+            .try_lease(ip(), "a", minute)
+            .await
+            .expect("store");
+        let logs = Logs::capture();
+        let started = Instant::now();
+        let work = async { Ok::<(), ()>(()) };
+        let ended = deadline::within(
+            started + Duration::from_millis(900),
+            waiter.ensure(ip(), 0, work),
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(3), ended)
+            .await
+            .expect("given up at the deadline");
+        assert!(
+            matches!(&ended, Coordinated::PeerBusy { holder, .. } if holder == "a"),
+            "busy"
+        );
+        assert!(started.elapsed() < Duration::from_millis(900));
+        let text = logs.text();
+        assert_eq!(
+            text.matches("another member is whitelisting; waiting for its record")
+                .count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_from_the_future_is_not_believed_and_one_taken_is_shown_safely() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let member = default_member(dir.path(), "a");
+        let logs = Logs::capture();
+        let hour = 3_600_000;
+        let forged = Record {
+            ip: ip(),
+            verified_at_ms: unix_now_ms() + hour,
+            by: "z".into(),
+        };
+        member
+            .store
+            .write_verified(&forged, Duration::from_secs(60))
+            .await
+            .expect("store");
+        assert_eq!(member.fresh_record(ip(), 0).await.expect("store"), None);
+        assert!(
+            logs.text()
+                .contains("a fleet record dated in the future is ignored"),
+            "{}",
+            logs.text()
+        );
+        let odd = Record {
+            ip: ip(),
+            verified_at_ms: unix_now_ms(),
+            by: "host\nforged line".into(),
+        };
+        member
+            .store
+            .write_verified(&odd, Duration::from_secs(60))
+            .await
+            .expect("store");
+        let read = member.fresh_record(ip(), 0).await.expect("store");
+        assert_eq!(read.map(|r| r.by), Some("host\\nforged line".into()));
+        assert_eq!(member.status().records_read, 1);
+    }
+
+    #[test]
+    fn each_mode_is_named_in_metrics_and_status() {
+        let redis = Mode::Redis(SecretUrl::new("redis://127.0.0.1:6379/0".into()));
+        let file = Mode::File(PathBuf::from("/var/lib/fleet"));
+        assert_eq!(
+            [Mode::None.name(), file.name(), redis.name()],
+            [None, Some("file"), Some("redis")]
+        );
+    }
 
     #[tokio::test]
     async fn a_wait_for_another_members_lease_is_shown_while_it_lasts() {
@@ -662,14 +1004,10 @@ mod tests {
         let mut settings = flow.coordination.clone();
         settings.mode = Mode::File(dir.path().to_path_buf());
         let member = |name: &str, waits: Arc<Waits>| {
-            let mut coordinator = Coordinator::new(&settings, &flow.credentials, None, waits)
+            Coordinator::new(&settings, &flow.credentials, None, waits)
                 .expect("store")
-                .expect("coordinated");
-            // One process, two members: each needs a name of its own.
-            Arc::get_mut(&mut coordinator)
-                .expect("not shared yet")
-                .member = name.to_owned();
-            coordinator
+                .expect("coordinated")
+                .renamed(name)
         };
         let waits = Arc::new(Waits::default());
         let (holder, waiter) = (member("a", Arc::default()), member("b", Arc::clone(&waits)));

@@ -129,6 +129,65 @@ mod tests {
         assert_eq!(parse_echo(trace), Ok("198.51.100.4".parse().unwrap()));
     }
 
+    /// An echo server on loopback that keeps every connection open for more requests, as a
+    /// real one does, and counts the connections it accepted.
+    async fn keep_alive_echo(answer: &'static str) -> (Url, Arc<std::sync::atomic::AtomicU32>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = Url::parse(&format!(
+            "http://{}/ip",
+            listener.local_addr().expect("addr")
+        ))
+        .expect("url");
+        let accepted = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+                        request.extend_from_slice(&buffer[..read]);
+                        while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            request.drain(..end + 4);
+                            let response = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                                answer.len()
+                            );
+                            if stream.write_all(response.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn every_lookup_opens_a_connection_of_its_own() {
+        let (url, accepted) = keep_alive_echo("198.51.100.4\n").await;
+        let echo = HttpEcho::new(url, Arc::new(EchoClients::new(Duration::from_secs(5))));
+        for lookup in 1..=3 {
+            assert_eq!(
+                echo.lookup(Family::V4).await,
+                Ok("198.51.100.4".parse().expect("ip"))
+            );
+            // A connection kept from before an egress change could still leave by the old
+            // route: none is reused.
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                lookup,
+                "connections after {lookup} lookups"
+            );
+        }
+    }
+
     #[test]
     fn garbage_is_rejected() {
         for body in [

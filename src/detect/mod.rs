@@ -3,7 +3,7 @@
 pub(crate) mod dns;
 pub(crate) mod echo;
 mod iface;
-mod quorum;
+pub(crate) mod quorum;
 mod spec;
 
 use std::fmt;
@@ -334,7 +334,7 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakeSource;
+    use crate::testing::{FakeSource, Logs};
 
     fn settings(quorum: usize) -> Settings {
         Settings {
@@ -350,9 +350,12 @@ mod tests {
         text.parse().expect("ip")
     }
 
+    /// A public address: refused only by the rule a test is about.
+    const PUBLIC: &str = "8.8.8.8";
+
     #[tokio::test(start_paused = true)]
     async fn two_urls_of_one_operator_are_one_vote() {
-        let same = FakeSource::answering(ip("198.51.100.7"));
+        let same = FakeSource::answering(ip(PUBLIC));
         let detector = Detector::with_sources(
             &settings(2),
             [
@@ -361,7 +364,13 @@ mod tests {
             ],
         );
         let e = detector.detect(Family::V4).await.expect_err("one operator");
-        assert!(e.problem.contains("fewer than 2 operators"), "{e}");
+        assert_eq!(e.problem, "fewer than 2 operators agreed", "{e}");
+        assert!(
+            e.answers
+                .iter()
+                .all(|(_, answer)| *answer == Answer::Address(ip(PUBLIC))),
+            "both answered and were accepted: {e}"
+        );
         let other = FakeSource::answering(ip("8.8.4.4"));
         let two = Detector::with_sources(
             &settings(2),
@@ -397,5 +406,198 @@ mod tests {
             ],
         );
         assert_eq!(mixed.detect(Family::V4).await.expect("quorum").ip, v4.ip());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_pinned_to_one_family_is_never_asked_for_the_other() {
+        let v4_server = FakeSource::answering(ip(PUBLIC));
+        let detector = Detector::with_sources(
+            &settings(1),
+            [FakeSource::spec(
+                "dns://192.0.2.53/whoami.test#dns",
+                &v4_server,
+            )],
+        );
+        let e = detector
+            .detect(Family::V6)
+            .await
+            .expect_err("nobody serves IPv6");
+        assert!(e.answers.is_empty(), "{e}");
+        assert!(
+            e.to_string().ends_with(": no provider serves this family"),
+            "{e}"
+        );
+        assert_eq!(v4_server.asked(), 0);
+        assert_eq!(
+            detector.detect(Family::V4).await.expect("v4").ip,
+            ip(PUBLIC)
+        );
+        assert_eq!(v4_server.asked(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_provider_is_paused_30_s_doubling_up_to_30_min() {
+        let down = FakeSource::answering(ip(PUBLIC));
+        down.fail("connection refused");
+        let up = FakeSource::answering(ip(PUBLIC));
+        // It answers after the failure, so the round always sees the failure.
+        up.delay(Duration::from_millis(1));
+        let detector = Detector::with_sources(
+            &settings(1),
+            [
+                FakeSource::spec("https://a.example.net/ip#a", &down),
+                FakeSource::spec("https://b.example.org/ip#b", &up),
+            ],
+        );
+        for pause in [30, 60, 120, 240, 480, 960, 1800, 1800] {
+            let asked = down.asked();
+            detector.detect(Family::V4).await.expect("b answers");
+            assert_eq!(down.asked(), asked + 1, "asked again after {pause} s");
+            tokio::time::advance(Duration::from_secs(pause) - Duration::from_millis(2)).await;
+            detector.detect(Family::V4).await.expect("b answers");
+            assert_eq!(down.asked(), asked + 1, "paused for {pause} s");
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttling_provider_is_paused_15_min_and_says_so() {
+        let throttled = FakeSource::answering(ip(PUBLIC));
+        throttled.throttle("HTTP 429");
+        let up = FakeSource::answering(ip(PUBLIC));
+        up.delay(Duration::from_millis(1));
+        let detector = Detector::with_sources(
+            &settings(1),
+            [
+                FakeSource::spec("https://a.example.net/ip#a", &throttled),
+                FakeSource::spec("https://b.example.org/ip#b", &up),
+            ],
+        );
+        detector.detect(Family::V4).await.expect("b answers");
+        // Now b says what no rule accepts: the failure lists both, the first as paused.
+        up.set(ip("10.0.0.1"));
+        tokio::time::advance(Duration::from_secs(15 * 60) - Duration::from_millis(2)).await;
+        let e = detector
+            .detect(Family::V4)
+            .await
+            .expect_err("b is rejected");
+        assert_eq!(throttled.asked(), 1);
+        assert_eq!(
+            e.to_string(),
+            "the ipv4 egress address could not be determined (fewer than 1 operators agreed): \
+             https://a.example.net/ip#a was paused after failures; https://b.example.org/ip#b \
+             was rejected: 10.0.0.1 is private (RFC 1918) \
+             (SENDSMS_ALLOW_NON_PUBLIC_IPS=true accepts it)"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let e = detector
+            .detect(Family::V4)
+            .await
+            .expect_err("b is rejected");
+        assert_eq!(throttled.asked(), 2);
+        assert!(
+            e.to_string()
+                .contains("https://a.example.net/ip#a failed: HTTP 429 (paused)"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backing_off_never_makes_the_quorum_impossible() {
+        let down = FakeSource::answering(ip(PUBLIC));
+        down.fail("connection refused");
+        let up = FakeSource::answering(ip(PUBLIC));
+        let detector = Detector::with_sources(
+            &settings(2),
+            [
+                FakeSource::spec("https://a.example.net/ip#a", &down),
+                FakeSource::spec("https://b.example.org/ip#b", &up),
+            ],
+        );
+        for round in 1..=3 {
+            let e = detector
+                .detect(Family::V4)
+                .await
+                .expect_err("one operator left");
+            // Paused, it is asked anyway: without it no quorum of two could form.
+            assert_eq!(down.asked(), round, "{e}");
+            assert!(
+                e.to_string()
+                    .contains("https://a.example.net/ip#a failed: connection refused"),
+                "{e}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_does_not_answer_fails_after_the_timeout() {
+        let hanging = FakeSource::answering(ip(PUBLIC));
+        hanging.delay(Duration::from_secs(3600));
+        let detector = Detector::with_sources(
+            &settings(1),
+            [FakeSource::spec("https://a.example.net/ip#a", &hanging)],
+        );
+        assert_eq!(detector.timeout(), Duration::from_secs(5));
+        let started = Instant::now();
+        let e = detector.detect(Family::V4).await.expect_err("timed out");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(e.answers[0].1, Answer::Failed("timed out".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disagreement_is_a_failure_or_a_warning_never_silent() {
+        let (honest, liar) = (
+            FakeSource::answering(ip(PUBLIC)),
+            FakeSource::answering(ip("1.1.1.1")),
+        );
+        // The honest ones answer last, so the liar's vote is in when the quorum forms.
+        honest.delay(Duration::from_millis(1));
+        let detector = Detector::with_sources(
+            &settings(2),
+            [
+                FakeSource::spec("https://a.example.net/ip#a", &honest),
+                FakeSource::spec("https://b.example.org/ip#b", &honest),
+                FakeSource::spec("https://c.example.com/ip#c", &liar),
+            ],
+        );
+        let logs = Logs::capture();
+        let found = detector.detect(Family::V4).await.expect("two against one");
+        assert_eq!(
+            (found.ip, found.operators),
+            (ip(PUBLIC), vec!["a".into(), "b".into()])
+        );
+        assert!(
+            logs.text()
+                .contains("providers disagree; the minority is ignored"),
+            "{}",
+            logs.text()
+        );
+        let agreeing = Detector::with_sources(
+            &settings(2),
+            [
+                FakeSource::spec("https://a.example.net/ip#a", &honest),
+                FakeSource::spec("https://b.example.org/ip#b", &honest),
+            ],
+        );
+        let before = logs.text().len();
+        agreeing.detect(Family::V4).await.expect("agreed");
+        assert!(
+            !logs.text()[before..].contains("disagree"),
+            "{}",
+            logs.text()
+        );
+        // A tie is a failure that says so; too few votes for one address says that instead.
+        let tie = Detector::with_sources(
+            &settings(2),
+            [
+                FakeSource::spec("https://a.example.net/ip#a", &honest),
+                FakeSource::spec("https://c.example.com/ip#c", &liar),
+            ],
+        );
+        let e = tie.detect(Family::V4).await.expect_err("a tie");
+        assert_eq!(
+            e.problem,
+            "providers disagree and no address has 2 operators behind it alone"
+        );
     }
 }

@@ -273,16 +273,57 @@ mod tests {
     }
 
     #[test]
-    fn defaults_have_enough_operators_per_family() {
+    fn the_built_in_providers_span_seven_operators_over_https_and_dns() {
         let all = default_providers();
         assert_eq!(
             all.len(),
             DEFAULT_PROVIDERS.len(),
             "every built-in spec parses"
         );
+        let operators: Vec<&str> = {
+            let mut ops: Vec<&str> = all.iter().map(|p| p.operator.as_str()).collect();
+            ops.sort_unstable();
+            ops.dedup();
+            ops
+        };
+        assert_eq!(
+            operators,
+            [
+                "akamai",
+                "amazon",
+                "cloudflare",
+                "google",
+                "ident.me",
+                "ipify",
+                "opendns"
+            ]
+        );
         for family in [Family::V4, Family::V6] {
-            let ops = operators_serving(&all, family);
-            assert!(ops.len() >= 4, "{family}: {ops:?}");
+            // Each transport alone is enough for the default quorum of two, so forged DNS
+            // answers alone never settle an address: the HTTPS providers (TLS) still disagree.
+            for https in [true, false] {
+                let of_kind: Vec<ProviderSpec> = all
+                    .iter()
+                    .filter(|p| matches!(p.kind, ProviderKind::Http(_)) == https)
+                    .cloned()
+                    .collect();
+                let ops = operators_serving(&of_kind, family);
+                assert!(ops.len() >= 3, "{family}, https {https}: {ops:?}");
+            }
         }
+        assert!(
+            all.iter().all(|p| match &p.kind {
+                ProviderKind::Http(url) => url.scheme() == "https",
+                ProviderKind::Dns(_) => true,
+                ProviderKind::Iface(_) => false,
+            }),
+            "HTTP providers are all HTTPS"
+        );
+        assert_eq!(operators_serving(&all, Family::V4).len(), 7);
+        assert_eq!(
+            operators_serving(&all, Family::V6).len(),
+            6,
+            "akamai has no IPv6 server"
+        );
     }
 }

@@ -303,11 +303,76 @@ mod tests {
         assert_eq!(refused(-77).verdict(), Verdict::Permanent);
         assert_eq!(ApiError::Http(429).verdict(), Verdict::RateLimited);
         assert_eq!(ApiError::Http(502).verdict(), Verdict::Transient);
+        assert_eq!(ApiError::Http(500).verdict(), Verdict::Transient);
+        assert_eq!(ApiError::Http(499).verdict(), Verdict::Permanent);
         assert_eq!(ApiError::Http(404).verdict(), Verdict::Permanent);
+        assert_eq!(
+            ApiError::Unreachable("x".into()).verdict(),
+            Verdict::Transient
+        );
+        assert_eq!(
+            ApiError::Malformed("x".into()).verdict(),
+            Verdict::Transient
+        );
+        assert_eq!(
+            ApiError::NotTheApi("x".into()).verdict(),
+            Verdict::Permanent
+        );
         assert_eq!(
             ApiError::Transport("x".into()).verdict(),
             Verdict::Transient
         );
+        let unexpected = ApiError::UnexpectedStatus {
+            code: 7,
+            message: "account suspended".into(),
+        };
+        assert_eq!(unexpected.verdict(), Verdict::Unexpected);
+        // The budget refused the call before the deadline: waiting is what it asks for.
+        assert_eq!(
+            ApiError::NotSent("no budget".into()).verdict(),
+            Verdict::RateLimited
+        );
+    }
+
+    #[test]
+    fn only_rate_limits_and_transient_faults_are_retried_and_each_verdict_has_its_label() {
+        let all = [
+            (Verdict::Success, "success", false),
+            (Verdict::AlreadyListed, "already_listed", false),
+            (Verdict::AuthRefused, "auth_refused", false),
+            (Verdict::RateLimited, "rate_limited", true),
+            (Verdict::Transient, "transient", true),
+            (Verdict::Permanent, "permanent", false),
+            (Verdict::Unexpected, "unexpected_status", false),
+        ];
+        for (verdict, label, retried) in all {
+            assert_eq!((verdict.label(), verdict.is_retryable()), (label, retried));
+        }
+    }
+
+    #[test]
+    fn only_0_and_1_are_success_for_either_action() {
+        for action in [
+            Action::TokenListIps,
+            Action::TokenAddIp {
+                ip: "203.0.113.7".parse().expect("ip"),
+            },
+        ] {
+            for code in [-8192, -512, -8, -1, 2, 3, 7, 100] {
+                assert!(!action.succeeded(ApiStatus::from_code(code)), "{code}");
+            }
+            assert!(action.succeeded(ApiStatus::Ok) && action.succeeded(ApiStatus::Queued));
+        }
+    }
+
+    #[test]
+    fn actions_say_their_wire_name_and_parameters() {
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        let add = Action::TokenAddIp { ip };
+        assert_eq!(add.name(), "token_add_ip");
+        assert_eq!(add.params(), [("ipaddr", "203.0.113.7".to_owned())]);
+        assert_eq!(Action::TokenListIps.name(), "token_list_ips");
+        assert!(Action::TokenListIps.params().is_empty());
     }
 
     #[test]

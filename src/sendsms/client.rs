@@ -233,15 +233,9 @@ impl Client {
             return Ok(answer);
         }
         // The API's own words may echo the key or carry another credential: they are
-        // redacted before anything stores, logs or shows them.
-        let message = printable(
-            &self
-                .credentials
-                .redact(&answer.message)
-                .chars()
-                .take(200)
-                .collect::<String>(),
-        );
+        // redacted whole before anything stores, logs or shows them, then cut to one safe
+        // line of 128 characters.
+        let message = printable(&self.credentials.redact(&answer.message));
         Err(if answer.status.is_error() {
             ApiError::Refused {
                 status: answer.status,
@@ -338,5 +332,149 @@ impl Routes {
 
     pub(crate) fn bootstrap_via_proxy(&self) -> bool {
         self.bootstrap_via_proxy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::emulator::{self, KeyKind};
+
+    const KEY: &str = "k3y-in-process";
+
+    fn settings(addr: SocketAddr) -> Settings {
+        Settings {
+            url: Url::parse(&format!("http://{addr}/json")).expect("url"),
+            request_timeout: Duration::from_secs(5),
+            bootstrap: BootstrapPath::default(),
+            extra_roots: http::ExtraRoots::default(),
+        }
+    }
+
+    fn credentials() -> Credentials {
+        Credentials {
+            username: "tester".into(),
+            api_key: secrecy::SecretString::from(KEY.to_owned()),
+        }
+    }
+
+    /// The emulator on `listen`, with one key that lists only `listen`'s own address.
+    async fn api_on(listen: &str) -> emulator::RunningEmulator {
+        let listen: SocketAddr = listen.parse().expect("address");
+        emulator::start(
+            listen,
+            None,
+            emulator::Settings {
+                username: "tester".into(),
+                keys: vec![(KeyKind::Default, KEY.into())],
+                allow: vec![listen.ip()],
+                rate_limit: 0,
+                ..emulator::Settings::default()
+            },
+        )
+        .await
+        .expect("emulator")
+    }
+
+    #[tokio::test]
+    async fn each_direct_route_is_pinned_to_its_family() {
+        for (listen, family, other) in [
+            ("127.0.0.1:0", Family::V4, Family::V6),
+            ("[::1]:0", Family::V6, Family::V4),
+        ] {
+            let api = api_on(listen).await;
+            let settings = settings(api.addr);
+            let route = |family| Client::direct(&settings, &credentials(), family, None);
+            let whitelist = route(family)
+                .expect("client")
+                .list_ips()
+                .await
+                .expect("the key works over its own family");
+            assert!(whitelist.covers(api.addr.ip()), "{whitelist}");
+            let e = route(other)
+                .expect("client")
+                .list_ips()
+                .await
+                .expect_err("pinned to the other family");
+            assert!(
+                matches!(e, ApiError::Unreachable(_)),
+                "{family} API over {other}: {e}"
+            );
+            api.shutdown();
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_up_to_256_kib_are_read_and_larger_ones_refused_whole() {
+        let answer = |padding: usize| {
+            let body = serde_json::json!({
+                "status": 0,
+                "message": "x".repeat(padding),
+                "details": ["203.0.113.7"],
+            });
+            body.to_string().into_bytes()
+        };
+        let limit = MAX_RESPONSE_BYTES;
+        assert_eq!(limit, 262_144);
+        let overhead = answer(0).len();
+        for (size, fits) in [(limit, true), (limit + 1, false)] {
+            let body = answer(size - overhead);
+            assert_eq!(body.len(), size);
+            let addr = harness::fixed_http("127.0.0.1:0", body, Duration::ZERO).await;
+            let client =
+                Client::direct(&settings(addr), &credentials(), Family::V4, None).expect("client");
+            let read = client.list_ips().await;
+            match read {
+                Ok(list) => assert!(fits && list.covers("203.0.113.7".parse().expect("ip"))),
+                Err(e) => assert!(
+                    !fits && matches!(&e, ApiError::Malformed(why) if why.contains("exceeds")),
+                    "{size} bytes: {e}"
+                ),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_added_address_is_listed_and_a_second_add_is_a_duplicate() {
+        let api = api_on("127.0.0.1:0").await;
+        let client =
+            Client::direct(&settings(api.addr), &credentials(), Family::V4, None).expect("client");
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        assert_eq!(client.add_ip(ip).await.expect("added"), Added::New);
+        assert_eq!(client.add_ip(ip).await.expect("listed"), Added::Duplicate);
+        let whitelist = client.list_ips().await.expect("list");
+        assert!(whitelist.covers(ip), "{whitelist}");
+        api.shutdown();
+    }
+
+    #[tokio::test]
+    async fn the_apis_message_is_cut_to_one_line_of_128_characters_without_the_key() {
+        let message = format!(
+            "{}\n\u{1b}[31m {KEY} {} {}",
+            "a".repeat(20),
+            url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect::<String>(),
+            "b".repeat(300)
+        );
+        let body = serde_json::json!({ "status": -8, "message": message, "details": null });
+        let addr =
+            harness::fixed_http("127.0.0.1:0", body.to_string().into_bytes(), Duration::ZERO).await;
+        let client =
+            Client::direct(&settings(addr), &credentials(), Family::V4, None).expect("client");
+        let e = client.list_ips().await.expect_err("refused");
+        let ApiError::Refused { status, message } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(*status, super::super::api::ApiStatus::AuthenticationFailed);
+        // 128 characters of the redacted text (20 a, a newline, an escape, "[31m ", two
+        // markers and their blanks, then b), the two control characters written out.
+        let expected = format!(
+            "{}\\n\\u{{1b}}[31m [REDACTED] [REDACTED] {}…",
+            "a".repeat(20),
+            "b".repeat(128 - 20 - 2 - 5 - 2 * 11)
+        );
+        assert_eq!(message, &expected);
+        assert!(!e.to_string().contains("k3y"), "{e}");
     }
 }

@@ -165,6 +165,45 @@ mod tests {
     }
 
     #[test]
+    fn every_separator_and_decoration_is_read_and_nothing_else() {
+        let list = Whitelist::from_details(&json!(
+            "1.1.1.1,2.2.2.2;3.3.3.3|4.4.4.4\t5.5.5.5 \"6.6.6.6\" '7.7.7.7' [2001:db8::7] \
+             not-an-ip 8.8.8.8/33 ::/129 9.9.9.0/24 1.1.1.1"
+        ));
+        assert_eq!(
+            list.to_string(),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4, 5.5.5.5, 6.6.6.6, 7.7.7.7, 2001:db8::7, 9.9.9.0/24"
+        );
+        assert_eq!(list.len(), 9, "the repeated 1.1.1.1 counts once");
+        assert_eq!(Whitelist::default().to_string(), "(empty)");
+        assert_eq!(Whitelist::default().len(), 0);
+    }
+
+    #[test]
+    fn nesting_is_read_eight_levels_deep_and_no_deeper() {
+        let nested = |levels: usize| {
+            let mut value = json!("203.0.113.7");
+            for level in 0..levels {
+                value = if level % 2 == 0 {
+                    json!([value])
+                } else {
+                    json!({ "ips": value })
+                };
+            }
+            value
+        };
+        let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        for levels in 0..=8 {
+            assert!(
+                Whitelist::from_details(&nested(levels)).covers(ip),
+                "{levels}"
+            );
+        }
+        assert!(Whitelist::from_details(&nested(9)).0.is_empty());
+        assert!(Whitelist::from_details(&nested(10)).0.is_empty());
+    }
+
+    #[test]
     fn a_huge_whitelist_parses_in_linear_time() {
         let many: Vec<String> = (0..22_500u32)
             .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())

@@ -18,10 +18,54 @@ use crate::sendsms::whitelist::WhitelistEntry;
 use crate::sendsms::{Added, ApiError, Whitelist};
 use crate::util::lock;
 
+/// The log lines written on this thread while it lives (a test on tokio's current-thread
+/// runtime logs from this thread only), without colours.
+pub(crate) struct Logs {
+    written: Arc<Mutex<Vec<u8>>>,
+    _installed: tracing::subscriber::DefaultGuard,
+}
+
+/// Where captured log lines go.
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    pub(crate) fn capture() -> Self {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&written);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        Logs {
+            written,
+            _installed: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Everything logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.written)).into_owned()
+    }
+}
+
 /// A detection source whose answer the test sets, and which counts the questions it got.
 pub(crate) struct FakeSource {
     answer: Mutex<Result<IpAddr, ProviderError>>,
     asked: AtomicU32,
+    /// How long each answer takes (tokio's clock, so paused tests control the order).
+    delay: Mutex<Duration>,
 }
 
 impl FakeSource {
@@ -29,7 +73,18 @@ impl FakeSource {
         Arc::new(FakeSource {
             answer: Mutex::new(Ok(ip)),
             asked: AtomicU32::new(0),
+            delay: Mutex::new(Duration::ZERO),
         })
+    }
+
+    /// Each answer from now on takes `delay`.
+    pub(crate) fn delay(&self, delay: Duration) {
+        *lock(&self.delay) = delay;
+    }
+
+    /// Refuses every lookup from now on as a throttling provider does (HTTP 403 or 429).
+    pub(crate) fn throttle(&self, why: &str) {
+        *lock(&self.answer) = Err(ProviderError::Throttled(why.to_owned()));
     }
 
     /// The address it gives from now on.
@@ -65,7 +120,13 @@ impl IpSource for FakeSource {
     fn lookup(&self, _family: Family) -> LookupFuture<'_> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         let answer = lock(&self.answer).clone();
-        Box::pin(async move { answer })
+        let delay = *lock(&self.delay);
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        })
     }
 }
 
@@ -91,6 +152,10 @@ pub(crate) struct FakeState {
     pub(crate) scripted: VecDeque<(&'static str, ApiError)>,
     /// Every call: its action and when it was made.
     pub(crate) calls: Vec<(&'static str, Instant)>,
+    /// The family of each `token_list_ips` call's direct route.
+    pub(crate) read_over: Vec<Family>,
+    /// Called around each call as the real routes call it (budgets, metrics), when set.
+    pub(crate) observer: Option<Arc<dyn crate::sendsms::CallObserver>>,
 }
 
 /// The action names, as the API spells them.
@@ -112,6 +177,8 @@ impl FakeApi {
                 propagation: Duration::ZERO,
                 scripted: VecDeque::new(),
                 calls: Vec::new(),
+                read_over: Vec::new(),
+                observer: None,
             }),
         })
     }
@@ -189,9 +256,9 @@ impl FakeState {
     }
 }
 
-impl Api for FakeApi {
-    fn list_ips(&self, _family: Family) -> ApiFuture<'_, Whitelist> {
-        let result = self.call(LIST).and_then(|()| {
+impl FakeApi {
+    fn answer_list(&self) -> Result<Whitelist, ApiError> {
+        self.call(LIST).and_then(|()| {
             self.with(|s| {
                 let effective = s.effective(Instant::now());
                 if s.cloud || effective.contains(&s.egress) {
@@ -202,12 +269,11 @@ impl Api for FakeApi {
                     Err(auth_failed())
                 }
             })
-        });
-        Box::pin(async move { result })
+        })
     }
 
-    fn add_ip(&self, ip: IpAddr) -> ApiFuture<'_, Added> {
-        let result = self.call(ADD).and_then(|()| {
+    fn answer_add(&self, ip: IpAddr) -> Result<Added, ApiError> {
+        self.call(ADD).and_then(|()| {
             self.with(|s| {
                 if !s.bootstrap_authorized {
                     return Err(auth_failed());
@@ -219,8 +285,44 @@ impl Api for FakeApi {
                 s.listed.push((ip, at));
                 Ok(Added::New)
             })
-        });
-        Box::pin(async move { result })
+        })
+    }
+
+    /// `answer`, through the observer as the real routes call it when one is set: the budgets
+    /// first (a refusal means no call: `NotSent`), the count after.
+    fn observed<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        answer: impl FnOnce(&Self) -> Result<T, ApiError> + Send + 'static,
+    ) -> ApiFuture<'_, T> {
+        let Some(observer) = self.with(|s| s.observer.clone()) else {
+            let result = answer(self);
+            return Box::pin(async move { result });
+        };
+        Box::pin(async move {
+            observer
+                .before_call(action)
+                .await
+                .map_err(ApiError::NotSent)?;
+            let result = answer(self);
+            let verdict = match &result {
+                Ok(_) => crate::sendsms::Verdict::Success,
+                Err(e) => e.verdict(),
+            };
+            observer.after_call(action, verdict);
+            result
+        })
+    }
+}
+
+impl Api for FakeApi {
+    fn list_ips(&self, family: Family) -> ApiFuture<'_, Whitelist> {
+        self.with(|s| s.read_over.push(family));
+        self.observed(LIST, FakeApi::answer_list)
+    }
+
+    fn add_ip(&self, ip: IpAddr) -> ApiFuture<'_, Added> {
+        self.observed(ADD, move |api| api.answer_add(ip))
     }
 
     fn bootstrap_route(&self) -> String {

@@ -1,7 +1,10 @@
 //! No input makes it panic: property tests over every parser that sees outside input.
 //!
-//! Each property runs `PROPTEST_CASES` cases when that variable is set, 256 otherwise, and
-//! prints how many it ran (`cargo test --test properties -- --nocapture` shows the counts).
+//! Each property runs `PROPTEST_CASES` cases when that variable is set, 256 otherwise, prints how
+//! many it ran (`cargo test --lib properties -- --nocapture` shows the counts), and fails when it
+//! ran fewer, so `PROPTEST_CASES=0` fails every property instead of passing them all unchecked.
+//! Each oracle is independent of the code it checks: what the generator put in, a definition
+//! written another way (a bit count, a brute force), or a table written out here.
 //! Failures are not persisted to disk: a panic found here becomes a named `#[test]` below.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +25,7 @@ use serde_json::{Map, Value, json};
 use crate::config::{Config, ConfigError, detection_from_vars, host_is_loopback};
 use crate::detect::dns::address_in;
 use crate::detect::echo::parse_echo;
+use crate::detect::quorum::{Votes, distinct, settled};
 use crate::detect::{ProviderKind, ProviderSpec};
 use crate::emulator::dns::answer;
 use crate::net::Family;
@@ -50,23 +54,40 @@ fn proptest_config() -> ProptestConfig {
 }
 
 /// Runs one property and reports how many cases it ran; a failure (or a panic inside the
-/// property, which proptest catches and shrinks) fails the test with the minimal input.
+/// property, which proptest catches and shrinks) fails the test with the minimal input, and so
+/// does a run of fewer cases than configured (`PROPTEST_CASES=0` included).
 fn check<S: Strategy>(
     name: &str,
     strategy: S,
     property: impl Fn(S::Value) -> Result<(), TestCaseError>,
 ) -> u32 {
-    let mut runner = TestRunner::new(proptest_config());
+    let config = proptest_config();
+    let wanted = config.cases;
+    assert!(
+        wanted > 0,
+        "property {name}: PROPTEST_CASES={:?} asks for no case, and a property that runs no \
+         case checks nothing; set it to 1 or more",
+        std::env::var("PROPTEST_CASES").unwrap_or_default()
+    );
+    let mut runner = TestRunner::new(config);
+    // Cases that held; the ones a `prop_assume!` rejected do not count.
     let cases = AtomicU32::new(0);
     let result = runner.run(&strategy, |value| {
-        cases.fetch_add(1, Ordering::Relaxed);
-        property(value)
+        let held = property(value);
+        if held.is_ok() {
+            cases.fetch_add(1, Ordering::Relaxed);
+        }
+        held
     });
     if let Err(e) = result {
         panic!("property {name} failed: {e}");
     }
     let cases = cases.into_inner();
     println!("property {name}: {cases} cases");
+    assert!(
+        cases >= wanted,
+        "property {name} ran {cases} cases, fewer than the {wanted} configured"
+    );
     cases
 }
 
@@ -202,6 +223,29 @@ fn api_object() -> impl Strategy<Value = (Map<String, Value>, Option<Value>)> {
         })
 }
 
+/// The status codes as the API documents them, written out here rather than read from
+/// `ApiStatus`'s own table; -8192 is another spelling of -8191.
+fn documented_status(code: i64) -> ApiStatus {
+    match code {
+        0 => ApiStatus::Ok,
+        1 => ApiStatus::Queued,
+        2 => ApiStatus::RequestKeyCreated,
+        -1 => ApiStatus::NoAction,
+        -2 => ApiStatus::NoSuchAction,
+        -4 => ApiStatus::MissingParameter,
+        -8 => ApiStatus::AuthenticationFailed,
+        -16 => ApiStatus::InternalError,
+        -32 => ApiStatus::RoutingError,
+        -64 => ApiStatus::OutOfCredit,
+        -128 => ApiStatus::InvalidRecord,
+        -256 => ApiStatus::CouldNotSave,
+        -512 => ApiStatus::DuplicateRecord,
+        -4096 => ApiStatus::TooManyRequests,
+        -8191 | -8192 => ApiStatus::Timeout,
+        other => ApiStatus::Other(other),
+    }
+}
+
 #[test]
 fn api_response_objects_parse_iff_status_is_an_integer() {
     check(
@@ -217,15 +261,19 @@ fn api_response_objects_parse_iff_status_is_an_integer() {
             let answer = parsed.map_err(|e| TestCaseError::fail(format!("{body}: {e}")))?;
             let expected = if code == -8192 { -8191 } else { code };
             prop_assert_eq!(answer.status.code(), expected);
-            prop_assert_eq!(answer.status, ApiStatus::from_code(code));
-            prop_assert_eq!(ApiStatus::from_code(expected), answer.status);
+            prop_assert_eq!(answer.status, documented_status(code));
             prop_assert_eq!(answer.status.is_error(), code < 0);
-            let message = match map.get("message") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-            };
-            prop_assert_eq!(&answer.message, &message);
+            // The API's message as it came: its text, nothing when absent, and any other JSON
+            // written out so that it reads back as the same value.
+            match map.get("message") {
+                None | Some(Value::Null) => prop_assert_eq!(&answer.message, ""),
+                Some(Value::String(text)) => prop_assert_eq!(&answer.message, text),
+                Some(other) => {
+                    let read: Value = serde_json::from_str(&answer.message)
+                        .map_err(|e| TestCaseError::fail(format!("{:?}: {e}", answer.message)))?;
+                    prop_assert_eq!(&read, other);
+                }
+            }
             prop_assert_eq!(&answer.details, map.get("details").unwrap_or(&Value::Null));
             Ok(())
         },
@@ -254,12 +302,89 @@ fn whitelist_from_any_details_is_canonical_and_deduplicated() {
                     }
                 }
             }
-            // The list does not depend on how the details were formatted on the wire.
-            let reparsed: Value = serde_json::from_str(&details.to_string())
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(Whitelist::from_details(&reparsed), list);
             Ok(())
         },
+    );
+}
+
+/// Every address or network written in `text`: each maximal run of the characters an address
+/// or a network is written with, read by the standard library (an oracle for "is in the answer"
+/// that knows nothing of the separators and quotes the whitelist parser handles).
+fn entries_written_in(text: &str) -> Vec<WhitelistEntry> {
+    text.split(|c: char| !(c.is_ascii_hexdigit() || matches!(c, ':' | '.' | '/')))
+        .filter_map(|run| {
+            if let Ok(ip) = run.parse::<IpAddr>() {
+                return Some(WhitelistEntry::Address(ip.to_canonical()));
+            }
+            let (network, prefix) = run.split_once('/')?;
+            let network = network.parse::<IpAddr>().ok()?.to_canonical();
+            let prefix: u8 = prefix.parse().ok()?;
+            let bits = if network.is_ipv4() { 32 } else { 128 };
+            (prefix <= bits).then_some(WhitelistEntry::Network { network, prefix })
+        })
+        .collect()
+}
+
+/// Every string in `value`, object keys included, at any depth.
+fn strings_in(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings_in(v, out)),
+        Value::Object(map) => map.iter().for_each(|(k, v)| {
+            out.push(k.clone());
+            strings_in(v, out);
+        }),
+        _ => {}
+    }
+}
+
+/// Text with an address or a network glued to other characters, or standing alone.
+fn address_in_text() -> impl Strategy<Value = Value> {
+    let glue = "[0-9a-fA-F:./xg, \\[\\]\"'-]{0,3}";
+    (glue, any_ip(), prop::option::of(0u8..=140), glue).prop_map(|(before, ip, prefix, after)| {
+        let prefix = prefix.map(|p| format!("/{p}")).unwrap_or_default();
+        Value::String(format!("{before}{ip}{prefix}{after}"))
+    })
+}
+
+#[test]
+fn whitelist_parsing_never_invents_an_address_that_is_not_in_the_answer() {
+    let details = prop_oneof![
+        json_value(),
+        prop::collection::vec(address_in_text(), 0..6).prop_map(Value::Array),
+        (json_key(), address_in_text()).prop_map(|(k, v)| json!({ k: v })),
+    ];
+    // Cases whose list was not empty, to show the property was not checked on empty lists only.
+    let listed = AtomicU32::new(0);
+    let cases = check(
+        "whitelist_parsing_never_invents_an_address_that_is_not_in_the_answer",
+        details,
+        |details| {
+            let mut written = Vec::new();
+            let mut strings = Vec::new();
+            strings_in(&details, &mut strings);
+            for text in &strings {
+                written.extend(entries_written_in(text));
+            }
+            let list = Whitelist::from_details(&details);
+            if !list.0.is_empty() {
+                listed.fetch_add(1, Ordering::Relaxed);
+            }
+            for entry in &list.0 {
+                prop_assert!(
+                    written.contains(entry),
+                    "{} is not written in {}",
+                    entry,
+                    details
+                );
+            }
+            Ok(())
+        },
+    );
+    let listed = listed.into_inner();
+    assert!(
+        listed * 4 >= cases,
+        "only {listed} of {cases} lists held an entry"
     );
 }
 
@@ -399,14 +524,6 @@ fn whitelist_finds_an_address_anywhere_in_the_details() {
     );
 }
 
-fn v4_mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-fn v6_mask(prefix: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
-}
-
 #[test]
 fn ipv4_networks_cover_exactly_their_prefix() {
     // The address is the network with some of its low bits flipped, so both outcomes are common.
@@ -416,7 +533,8 @@ fn ipv4_networks_cover_exactly_their_prefix() {
         strategy,
         |(net, prefix, flips, shift)| {
             let addr = net ^ flips.checked_shr(shift).unwrap_or(0);
-            let expected = net & v4_mask(prefix) == addr & v4_mask(prefix);
+            // In the network when the first `prefix` bits agree: no differing bit before them.
+            let expected = (net ^ addr).leading_zeros() >= u32::from(prefix);
             let network = IpAddr::V4(Ipv4Addr::from(net));
             let ip = Ipv4Addr::from(addr);
             let entry = WhitelistEntry::Network { network, prefix };
@@ -445,7 +563,7 @@ fn ipv6_networks_cover_exactly_their_prefix() {
             let addr = net ^ flips.checked_shr(shift).unwrap_or(0);
             let addr_ip = Ipv6Addr::from(addr);
             prop_assume!(addr_ip.to_ipv4_mapped().is_none());
-            let expected = net & v6_mask(prefix) == addr & v6_mask(prefix);
+            let expected = (net ^ addr).leading_zeros() >= u32::from(prefix);
             let entry = WhitelistEntry::Network {
                 network: IpAddr::V6(net_ip),
                 prefix,
@@ -709,7 +827,8 @@ fn dns_arbitrary_datagrams() {
                         (RData::AAAA(a), RecordType::AAAA) => IpAddr::V6(a.0) == ip,
                         (RData::TXT(t), RecordType::TXT) => {
                             let text = String::from_utf8_lossy(&t.txt_data.concat()).into_owned();
-                            text.trim().trim_matches('"').parse() == Ok(ip)
+                            entries_written_in(&text)
+                                .contains(&WhitelistEntry::Address(ip.to_canonical()))
                         }
                         _ => false,
                     });
@@ -841,36 +960,125 @@ fn provider_spec_arbitrary_strings() {
                 Some(op) => format!("{scheme}{rest}#{op}"),
                 None => format!("{scheme}{rest}"),
             }),
+        // Plausible pieces in any combination, so that a good share parses.
+        (
+            prop::sample::select(vec!["dns://", "https://", "HTTP://", "http://", "Dns://"]),
+            prop_oneof![
+                dns_name(),
+                any_ip().prop_map(|ip| match ip {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                }),
+                "[A-Za-z0-9.-]{0,12}",
+                junk_text(6),
+            ],
+            prop::option::of(any::<u16>()),
+            "(/[A-Za-z0-9._~-]{0,8}){0,3}",
+            prop::sample::select(vec!["", "?type=TXT", "?type=aaaa&class=ch", "?x=1", "?"]),
+            prop::option::of(prop_oneof!["[A-Za-z0-9. _-]{0,10}", junk_text(6)]),
+        )
+            .prop_map(|(scheme, host, port, path, query, op)| {
+                let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                let op = op.map(|op| format!("#{op}")).unwrap_or_default();
+                format!("{scheme}{host}{port}{path}{query}{op}")
+            }),
+        ("[ -~]{0,18}", prop::option::of("[A-Za-z. ]{0,8}")).prop_map(|(name, op)| match op {
+            Some(op) => format!("iface:{name}#{op}"),
+            None => format!("iface:{name}"),
+        }),
     ];
-    check("provider_spec_arbitrary_strings", text, |text| {
-        let Ok(spec) = text.parse::<ProviderSpec>() else {
+    let specs = AtomicU32::new(0);
+    let cases = check("provider_spec_arbitrary_strings", text, |text| {
+        let parsed = text.parse::<ProviderSpec>();
+        // Blanks around a spec never change what it means.
+        prop_assert_eq!(&format!(" \t{text}\n ").parse::<ProviderSpec>(), &parsed);
+        let Ok(spec) = parsed else {
             return Ok(());
         };
-        if let ProviderKind::Http(url) = &spec.kind {
-            // Shown without credentials or query, which may hold a token.
-            let shown = spec.to_string();
-            let head = shown.split('#').next().unwrap_or_default();
-            let authority = head.split("://").nth(1).unwrap_or_default();
-            let authority = authority.split('/').next().unwrap_or_default();
-            prop_assert!(!authority.contains('@'), "{}", shown);
-            prop_assert!(
-                url.query().is_some() == head.ends_with("?[REDACTED]"),
-                "{}",
-                shown
-            );
-            return Ok(());
+        specs.fetch_add(1, Ordering::Relaxed);
+        let trimmed = text.trim();
+        let (body, named) = match trimmed.split_once('#') {
+            Some((body, named)) => (body, Some(named)),
+            None => (trimmed, None),
+        };
+        // The operator is the one named after `#`, in lower case; without one, the domain of
+        // the provider's host (or its name, for DNS): its last two labels, or its address.
+        let domain = match &spec.kind {
+            ProviderKind::Iface(name) => {
+                prop_assert_eq!(body.strip_prefix("iface:"), Some(name.as_str()));
+                format!("iface:{name}")
+            }
+            ProviderKind::Http(url) => {
+                let scheme = body.get(..8).unwrap_or(body).to_ascii_lowercase();
+                prop_assert!(
+                    scheme.starts_with("http://") || scheme.starts_with("https://"),
+                    "{:?} is not HTTP",
+                    text
+                );
+                let host = url.host_str().unwrap_or_default();
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            }
+            ProviderKind::Dns(query) => {
+                prop_assert_eq!(
+                    body.get(..6).map(str::to_ascii_lowercase),
+                    Some("dns://".into())
+                );
+                prop_assert_eq!(spec.family(), Some(Family::of(query.server.ip())));
+                prop_assert!(query.name.ends_with('.'));
+                prop_assert!(
+                    [RecordType::A, RecordType::AAAA, RecordType::TXT].contains(&query.record)
+                );
+                query.name.trim_end_matches('.').to_owned()
+            }
+        };
+        match named {
+            Some(named) => prop_assert_eq!(&spec.operator, &named.trim().to_ascii_lowercase()),
+            None if matches!(spec.kind, ProviderKind::Iface(_)) => {
+                prop_assert_eq!(&spec.operator, &domain)
+            }
+            None if domain.parse::<IpAddr>().is_ok() => {
+                prop_assert_eq!(&spec.operator, &domain.to_ascii_lowercase())
+            }
+            None => {
+                let domain = domain.to_ascii_lowercase();
+                let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
+                let operator: Vec<&str> = spec.operator.split('.').collect();
+                prop_assert!(
+                    labels.ends_with(&operator) && operator.len() == labels.len().min(2)
+                        || labels.is_empty() && spec.operator == domain,
+                    "{:?}: operator {:?} is not the domain of {:?}",
+                    text,
+                    spec.operator,
+                    domain
+                );
+            }
         }
-        prop_assert_eq!(spec.to_string(), text.trim());
-        prop_assert_eq!(spec.to_string().parse::<ProviderSpec>(), Ok(spec.clone()));
-        if let ProviderKind::Dns(query) = &spec.kind {
-            prop_assert_eq!(spec.family(), Some(Family::of(query.server.ip())));
-            prop_assert!(query.name.ends_with('.'));
-            prop_assert!(
-                [RecordType::A, RecordType::AAAA, RecordType::TXT].contains(&query.record)
-            );
+        match &spec.kind {
+            // Shown without credentials or query, which may hold a token.
+            ProviderKind::Http(url) => {
+                let shown = spec.to_string();
+                let head = shown.split('#').next().unwrap_or_default();
+                let authority = head.split("://").nth(1).unwrap_or_default();
+                let authority = authority.split('/').next().unwrap_or_default();
+                prop_assert!(!authority.contains('@'), "{}", shown);
+                prop_assert!(
+                    url.query().is_some() == head.ends_with("?[REDACTED]"),
+                    "{}",
+                    shown
+                );
+            }
+            // Shown as written, and what is shown reads back as the same provider.
+            _ => prop_assert_eq!(spec.to_string().parse::<ProviderSpec>(), Ok(spec.clone())),
         }
         Ok(())
     });
+    let specs = specs.into_inner();
+    assert!(
+        specs * 10 >= cases,
+        "only {specs} of {cases} strings were specs"
+    );
 }
 
 #[derive(Clone, Debug)]
@@ -991,6 +1199,195 @@ fn provider_spec_dns_round_trip() {
         prop_assert_eq!(parsed.to_string(), text.trim());
         Ok(())
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The quorum decision and detection
+
+/// Votes as detection collects them: a few addresses, each with distinct operators.
+fn votes() -> impl Strategy<Value = Votes> {
+    let ips = (0u8..5).prop_map(|n| IpAddr::V4(Ipv4Addr::new(198, 51, 100, n)));
+    let operators = prop::collection::btree_set(0u8..6, 0..6).prop_map(|set| {
+        set.into_iter()
+            .map(|o| format!("op{o}"))
+            .collect::<Vec<_>>()
+    });
+    prop::collection::btree_map(ips, operators, 0..5)
+}
+
+/// The decision by its definition, tried on every address: the one with at least `quorum`
+/// operators behind it and more than any other address has.
+fn brute_force_decision(votes: &Votes, quorum: usize) -> Option<IpAddr> {
+    let winners: Vec<IpAddr> = votes
+        .iter()
+        .filter(|(ip, ops)| {
+            ops.len() >= quorum
+                && votes
+                    .iter()
+                    .all(|(other, theirs)| other == *ip || theirs.len() < ops.len())
+        })
+        .map(|(ip, _)| *ip)
+        .collect();
+    assert!(winners.len() <= 1, "two addresses cannot both lead");
+    winners.first().copied()
+}
+
+#[test]
+fn the_quorum_decision_equals_a_brute_force_oracle() {
+    let decided = AtomicU32::new(0);
+    let cases = check(
+        "the_quorum_decision_equals_a_brute_force_oracle",
+        (votes(), 1usize..=5),
+        |(votes, quorum)| {
+            let expected = brute_force_decision(&votes, quorum);
+            prop_assert_eq!(
+                settled(&votes, quorum),
+                expected,
+                "{:?} quorum {}",
+                votes,
+                quorum
+            );
+            if expected.is_some() {
+                decided.fetch_add(1, Ordering::Relaxed);
+            }
+            let everyone = votes.values().flatten().map(String::as_str);
+            let unique: BTreeSet<&str> = everyone.clone().collect();
+            prop_assert_eq!(distinct(everyone), unique.len());
+            Ok(())
+        },
+    );
+    let decided = decided.into_inner();
+    assert!(
+        decided * 5 >= cases && decided * 5 <= cases * 4,
+        "{decided} of {cases} settled: both outcomes must be common"
+    );
+}
+
+/// An address a provider may answer, with what detection must make of it for each family,
+/// written out by hand: its canonical form, and whether it is public.
+const ANSWERS: &[(&str, &str, bool)] = &[
+    ("8.8.8.8", "8.8.8.8", true),
+    ("1.1.1.1", "1.1.1.1", true),
+    ("::ffff:8.8.8.8", "8.8.8.8", true),
+    ("10.0.0.1", "10.0.0.1", false),
+    ("2606:4700::1111", "2606:4700::1111", true),
+    ("2a00:1450:4001::1", "2a00:1450:4001::1", true),
+    ("fd00::1", "fd00::1", false),
+];
+
+/// One provider: its operator, its answer (an index into `ANSWERS`, or a failure), and its
+/// place in the order of arrival.
+#[derive(Clone, Debug)]
+struct Asked {
+    operator: u8,
+    answer: Option<usize>,
+}
+
+/// A provider that answers after a delay of its own, under tokio's paused clock.
+struct Delayed {
+    after: Duration,
+    answer: Result<IpAddr, crate::detect::ProviderError>,
+}
+
+impl crate::detect::IpSource for Delayed {
+    fn lookup(&self, _family: Family) -> crate::detect::LookupFuture<'_> {
+        Box::pin(async move {
+            tokio::time::sleep(self.after).await;
+            self.answer.clone()
+        })
+    }
+}
+
+#[test]
+fn detection_settles_on_the_first_quorum_in_the_order_of_arrival() {
+    let asked = prop::collection::vec(
+        (0u8..4, prop::option::weighted(0.85, 0..ANSWERS.len()))
+            .prop_map(|(operator, answer)| Asked { operator, answer }),
+        1..8,
+    );
+    let strategy = (
+        asked,
+        1usize..=3,
+        prop::sample::select(vec![Family::V4, Family::V6]),
+        any::<bool>(),
+    );
+    let settled_cases = AtomicU32::new(0);
+    let cases = check(
+        "detection_settles_on_the_first_quorum_in_the_order_of_arrival",
+        strategy,
+        |(asked, quorum, family, allow_non_public)| {
+            // The oracle: replay the answers in order, counting each operator once per
+            // accepted address, until the brute-force decision names one.
+            let mut votes = Votes::new();
+            let mut expected = None;
+            for provider in &asked {
+                let Some(index) = provider.answer else {
+                    continue;
+                };
+                let (_, canonical, public) = ANSWERS[index];
+                let ip: IpAddr = canonical.parse().expect("a valid address");
+                if Family::of(ip) != family || !(public || allow_non_public) {
+                    continue;
+                }
+                let voters = votes.entry(ip).or_default();
+                let operator = format!("op{}", provider.operator);
+                if !voters.contains(&operator) {
+                    voters.push(operator);
+                }
+                if let Some(ip) = brute_force_decision(&votes, quorum) {
+                    expected = Some((ip, votes[&ip].clone()));
+                    break;
+                }
+            }
+            let settings = crate::detect::Settings {
+                providers: Vec::new(),
+                quorum,
+                families: vec![family],
+                allow_non_public,
+                timeout: Duration::from_secs(5),
+            };
+            let sources = asked.iter().enumerate().map(|(i, provider)| {
+                let spec = format!("https://p{i}.example.net/ip#op{}", provider.operator)
+                    .parse()
+                    .expect("a valid spec");
+                let answer = match provider.answer {
+                    Some(index) => Ok(ANSWERS[index].0.parse().expect("a valid address")),
+                    None => Err(crate::detect::ProviderError::Failed("down".into())),
+                };
+                let after = Duration::from_millis(10 * (i as u64 + 1));
+                let source: std::sync::Arc<dyn crate::detect::IpSource> =
+                    std::sync::Arc::new(Delayed { after, answer });
+                (spec, source)
+            });
+            let detector = crate::detect::Detector::with_sources(&settings, sources);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let found = runtime.block_on(detector.detect(family));
+            match (found, expected) {
+                (Ok(found), Some((ip, operators))) => {
+                    settled_cases.fetch_add(1, Ordering::Relaxed);
+                    prop_assert_eq!(found.ip, ip);
+                    prop_assert_eq!(found.operators, operators);
+                }
+                (Err(e), None) => prop_assert_eq!(e.answers.len(), asked.len()),
+                (found, expected) => {
+                    return Err(TestCaseError::fail(format!(
+                        "{asked:?} quorum {quorum} {family}: found {:?}, expected {expected:?}",
+                        found.map(|f| f.ip)
+                    )));
+                }
+            }
+            Ok(())
+        },
+    );
+    let settled_cases = settled_cases.into_inner();
+    assert!(
+        settled_cases * 5 >= cases && settled_cases * 5 <= cases * 4,
+        "{settled_cases} of {cases} settled: both outcomes must be common"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1279,14 +1676,42 @@ impl EnvCase {
         vars.into_iter().collect()
     }
 
-    fn is_set(&self, var: &str) -> bool {
-        self.settings.iter().any(|(v, s)| *v == var && s.is_some())
+    /// The text `var` is set to, when it is set as text.
+    fn text(&self, var: &str) -> Option<&str> {
+        self.settings.iter().find_map(|(v, s)| match s {
+            Some(Setting::Text(text)) if *v == var => Some(text.as_str()),
+            _ => None,
+        })
     }
 }
 
-fn error_is_safe(e: &ConfigError, secret: &str) -> Result<(), TestCaseError> {
+/// The error names its culprit: a variable the environment sets, or a required one it lacks;
+/// and it never holds the secret.
+fn error_is_safe(
+    e: &ConfigError,
+    vars: &[(String, String)],
+    secret: &str,
+) -> Result<(), TestCaseError> {
     let text = e.to_string();
-    prop_assert!(text.contains("SENDSMS_"), "names no variable: {}", text);
+    let named: Vec<&str> = text
+        .match_indices("SENDSMS_")
+        .map(|(at, _)| {
+            let rest = &text[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    let value = |name: &str| vars.iter().find(|(var, _)| var == name).map(|(_, v)| v);
+    let culprit = match e {
+        // Required: unset, or set to blanks only.
+        ConfigError::Missing { var, .. } => {
+            named.contains(&var.as_str()) && value(var).is_none_or(|v| v.trim().is_empty())
+        }
+        _ => named.iter().any(|name| value(name).is_some()),
+    };
+    prop_assert!(culprit, "names no variable that is set: {}", text);
     prop_assert!(!text.contains(secret), "the secret leaked: {}", text);
     let debug = format!("{e:?}");
     prop_assert!(!debug.contains(secret), "the secret leaked: {}", debug);
@@ -1305,10 +1730,10 @@ fn config_never_panics_names_the_culprit_and_never_leaks_a_secret() {
             let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
             let vars = case.vars(dir.path());
             let secret = case.secret.as_str();
-            let config = match Config::from_vars(vars) {
+            let config = match Config::from_vars(vars.clone()) {
                 Err(e) => {
                     CONFIG_OUTCOMES[1].fetch_add(1, Ordering::Relaxed);
-                    return error_is_safe(&e, secret);
+                    return error_is_safe(&e, &vars, secret);
                 }
                 Ok(config) => config,
             };
@@ -1348,7 +1773,10 @@ fn config_never_panics_names_the_culprit_and_never_leaks_a_secret() {
             }
             // The key only ever travels over TLS, unless to loopback or by explicit override.
             let url = &config.flow.api.url;
-            let insecure_allowed = case.is_set("ALLOW_INSECURE_API_URL");
+            let insecure_allowed = case
+                .text("ALLOW_INSECURE_API_URL")
+                .map(|v| v.trim().to_ascii_lowercase())
+                .is_some_and(|v| ["true", "1", "yes", "on"].contains(&v.as_str()));
             prop_assert!(
                 url.scheme() == "https"
                     || (url.scheme() == "http" && (host_is_loopback(url) || insecure_allowed)),
@@ -1397,8 +1825,9 @@ fn detection_config_never_panics_and_stays_in_range() {
         env_case(),
         |case| {
             let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            match detection_from_vars(case.vars(dir.path())) {
-                Err(e) => error_is_safe(&e, &case.secret),
+            let vars = case.vars(dir.path());
+            match detection_from_vars(vars.clone()) {
+                Err(e) => error_is_safe(&e, &vars, &case.secret),
                 Ok(detection) => {
                     prop_assert!((1..=16).contains(&detection.quorum));
                     prop_assert!(!detection.providers.is_empty());
