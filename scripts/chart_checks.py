@@ -780,9 +780,7 @@ def main() -> int:
     else:
         print(__doc__, file=sys.stderr)
         return 2
-    failed = sum(1 for ok, _ in pc.results if not ok)
-    print(f"{args[0]}: {len(pc.results) - failed} passed, {failed} failed")
-    return min(failed, 100)
+    return pc.summary(args[0])
 
 
 if __name__ == "__main__":

@@ -67,6 +67,13 @@ def check(name: str):
     return run
 
 
+def summary(label: str) -> int:
+    """Print how many checks passed and failed; the exit code: the failures, at most 100."""
+    failed = sum(1 for ok, _ in results if not ok)
+    print(f"{label}: {len(results) - failed} passed, {failed} failed")
+    return min(failed, 100)
+
+
 # --------------------------------------------------------------------------------------
 # Dockerfile
 
@@ -729,9 +736,7 @@ def main() -> int:
     else:
         print(__doc__, file=sys.stderr)
         return 2
-    failed = sum(1 for ok, _ in results if not ok)
-    print(f"{cmd}: {len(results) - failed} passed, {failed} failed")
-    return min(failed, 100)
+    return summary(cmd)
 
 
 if __name__ == "__main__":

@@ -862,38 +862,23 @@ mod tests {
             message: "account suspended".into(),
         };
         let api = FakeApi::new(here, &[]);
-        api.with(|s| s.scripted.push_back((LIST, suspended())));
-        let e = reconciler(&api, TIMEOUT)
-            .ensure(here)
-            .await
-            .expect_err("unexpected");
-        assert!(
-            matches!(
-                e,
-                ReconcileError::ApiUnavailable {
-                    during: "token_list_ips",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        assert_eq!(api.calls(ADD), 0, "nothing is written after it");
-        api.with(|s| s.scripted.push_back((ADD, suspended())));
-        let e = reconciler(&api, TIMEOUT)
-            .ensure(here)
-            .await
-            .expect_err("unexpected");
-        assert!(
-            matches!(
-                e,
-                ReconcileError::ApiUnavailable {
-                    during: "token_add_ip",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        assert_eq!(api.calls(ADD), 1, "not tried again");
+        // First the read answers it, then (the read now fine) the add: each ends the proof.
+        for (action, during, adds) in [(LIST, "token_list_ips", 0), (ADD, "token_add_ip", 1)] {
+            api.with(|s| s.scripted.push_back((action, suspended())));
+            let e = reconciler(&api, TIMEOUT)
+                .ensure(here)
+                .await
+                .expect_err("unexpected");
+            assert!(
+                matches!(&e, ReconcileError::ApiUnavailable { during: d, .. } if *d == during),
+                "{e}"
+            );
+            assert_eq!(
+                api.calls(ADD),
+                adds,
+                "nothing written after it, nothing tried again"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -691,6 +691,12 @@ mod tests {
             .renamed(name)
     }
 
+    /// `who` tries to take the lease on `ip()` for `lease` in `m`'s store: the holder it finds,
+    /// `None` when `who` took it.
+    async fn try_lease(m: &Coordinator, who: &str, lease: Duration) -> Option<String> {
+        m.store.try_lease(ip(), who, lease).await.expect("store")
+    }
+
     fn default_member(dir: &std::path::Path, name: &str) -> Arc<Coordinator> {
         let minute = Duration::from_secs(60);
         member(dir, name, minute, minute, Arc::default())
@@ -806,11 +812,7 @@ mod tests {
             // Work longer than the lease: only the renewals keep it.
             tokio::time::sleep(Duration::from_millis(1000)).await;
             assert_eq!(
-                other
-                    .store
-                    .try_lease(ip(), "b", lease)
-                    .await
-                    .expect("store"),
+                try_lease(&other, "b", lease).await,
                 Some("a".to_owned()),
                 "still the holder's after {lease:?}"
             );
@@ -823,15 +825,7 @@ mod tests {
         ));
         // A failed work shares no record and lets go at once.
         assert_eq!(other.store.read_verified(ip()).await.expect("store"), None);
-        assert_eq!(
-            other
-                .store
-                .try_lease(ip(), "b", lease)
-                .await
-                .expect("store"),
-            None,
-            "released"
-        );
+        assert_eq!(try_lease(&other, "b", lease).await, None, "released");
         assert_eq!(holder.status().leases_taken, 1);
     }
 
@@ -845,11 +839,7 @@ mod tests {
         let work = async {
             // Another member takes the lease as if it had expired.
             thief.store.release_lease(ip(), "a").await.expect("store");
-            thief
-                .store
-                .try_lease(ip(), "b", Duration::from_secs(60))
-                .await
-                .expect("store");
+            try_lease(&thief, "b", Duration::from_secs(60)).await;
             tokio::time::sleep(Duration::from_millis(600)).await;
             Ok::<(), ()>(())
         };
@@ -865,11 +855,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(
-            thief
-                .store
-                .try_lease(ip(), "c", lease)
-                .await
-                .expect("store"),
+            try_lease(&thief, "c", lease).await,
             Some("b".to_owned()),
             "the holder let go of nothing it no longer held"
         );
@@ -893,24 +879,9 @@ mod tests {
         });
         leading.await.expect("the holder leads");
         let minute = Duration::from_secs(60);
-        assert_eq!(
-            other
-                .store
-                .try_lease(ip(), "b", minute)
-                .await
-                .expect("store"),
-            Some("a".to_owned())
-        );
+        assert_eq!(try_lease(&other, "b", minute).await, Some("a".to_owned()));
         holder.hand_back().await;
-        assert_eq!(
-            other
-                .store
-                .try_lease(ip(), "b", minute)
-                .await
-                .expect("store"),
-            None,
-            "handed back"
-        );
+        assert_eq!(try_lease(&other, "b", minute).await, None, "handed back");
         lead.abort();
     }
 
@@ -920,11 +891,7 @@ mod tests {
         let holder = default_member(dir.path(), "a");
         let waiter = default_member(dir.path(), "b");
         let minute = Duration::from_secs(60);
-        holder
-            .store
-            .try_lease(ip(), "a", minute)
-            .await
-            .expect("store");
+        try_lease(&holder, "a", minute).await;
         let logs = Logs::capture();
         let started = Instant::now();
         let work = async { Ok::<(), ()>(()) };
