@@ -122,10 +122,12 @@ pub(crate) async fn serve(
         let router = Arc::clone(&started).router();
         // Every held call is an open connection: room for the held-call cap and more, many
         // from one address (an app pod, or a node's pods behind one address), and a form body
-        // as large as the gateway reads.
+        // as large as the gateway reads. Callers beyond loopback share fewer slots (see
+        // `MAX_REMOTE_CONNECTIONS`), so loopback, the pod's own containers, keeps the rest.
         let limits = server::Limits {
             max_connections: settings.limits.max_held.saturating_mul(2).max(2048),
-            max_per_peer: settings.limits.max_held.max(1024),
+            max_remote: crate::gateway::MAX_REMOTE_CONNECTIONS,
+            max_per_peer: crate::gateway::MAX_REMOTE_CONNECTIONS,
             max_body_bytes: crate::gateway::MAX_REQUEST_BYTES,
             ..server::Limits::default()
         };

@@ -28,6 +28,11 @@ use forward::{Forwarder, Reply, Upstream};
 
 /// A request body larger than this is refused (413): a message is at most a few kilobytes.
 pub(crate) const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Connections from beyond loopback open at once, all such callers together. Under a flood
+/// each open connection costs 15 to 30 KiB of RSS (hyper's 8 KiB read and write buffers, and
+/// memory that closed ones leave behind); 2,000 attackers from other pods, with all 2,048
+/// slots open to them, took the process from 7 to 36 MiB (issue 14 asks for less than 32).
+pub(crate) const MAX_REMOTE_CONNECTIONS: usize = 512;
 
 /// What the gateway needs from the configuration.
 #[derive(Clone, Debug)]

@@ -2,8 +2,10 @@
 //!
 //! Each accepted connection is admitted to one of two lanes, or closed at once:
 //!
-//! - **main**: the router, for at most `max_connections` connections at once, and at most
-//!   `max_per_peer` of them from one non-loopback address (one pod cannot take them all);
+//! - **main**: the router, for at most `max_connections` connections at once, at most
+//!   `max_remote` of them from non-loopback addresses together (other pods cannot take the
+//!   pod's own share, nor more memory than that many buffers) and at most `max_per_peer` from
+//!   one non-loopback address (one pod cannot take them all);
 //! - **liveness**: when the main lane is full, a peer that holds no main-lane connection (a
 //!   kubelet probe, not a flooder) gets one short connection that only answers the liveness
 //!   router (`/healthz`), with a one-second header timeout and no keep-alive; one at a time
@@ -50,6 +52,8 @@ pub(crate) struct Limits {
     pub(crate) max_body_bytes: usize,
     /// Connections open at once in the main lane (lowered to fit the descriptor limit).
     pub(crate) max_connections: usize,
+    /// Main-lane connections from all non-loopback addresses together (at most `max_connections`).
+    pub(crate) max_remote: usize,
     /// Main-lane connections from one non-loopback address.
     pub(crate) max_per_peer: usize,
     /// A write that makes no progress for this long ends the connection.
@@ -64,6 +68,7 @@ impl Default for Limits {
             max_headers: 64,
             max_body_bytes: 64 * 1024,
             max_connections: 512,
+            max_remote: 512,
             max_per_peer: 64,
             write_timeout: Duration::from_secs(10),
         }
@@ -150,8 +155,14 @@ impl Server {
             },
             slots: Arc::new(Semaphore::new(LIVENESS_CONNECTIONS)),
         });
-        let peers = Arc::new(Peers::default());
-        let probing = Arc::new(Peers::default());
+        let admission = Admission {
+            main: Arc::clone(&main.slots),
+            remote: Arc::new(Semaphore::new(limits.max_remote.min(cap))),
+            max_per_peer: limits.max_per_peer,
+            peers: Arc::new(Peers::default()),
+            liveness: liveness.as_ref().map(|lane| Arc::clone(&lane.slots)),
+            probing: Arc::new(Peers::default()),
+        };
         let (stop, stopping) = watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut connections = tokio::task::JoinSet::new();
@@ -169,32 +180,21 @@ impl Server {
             };
             // Finished connections are reaped as we go, so the set stays as small as the cap.
             while connections.try_join_next().is_some() {}
-            let peer_ip = peer.ip().to_canonical();
-            let local = peer_ip.is_loopback();
-            let held = peers.held(peer_ip);
-            let admitted = if !local && held >= limits.max_per_peer {
-                None
-            } else if let Ok(permit) = Arc::clone(&main.slots).try_acquire_owned() {
-                Some((&main, permit, Some(peers.enter(peer_ip))))
-            } else if (held == 0 || local) && probing.held(peer_ip) == 0 {
-                liveness.as_ref().and_then(|lane| {
-                    let permit = Arc::clone(&lane.slots).try_acquire_owned().ok()?;
-                    Some((lane, permit, Some(probing.enter(peer_ip))))
-                })
-            } else {
-                None
-            };
-            let Some((lane, permit, ticket)) = admitted else {
+            let (lane, slot) = match admission.admit(peer.ip().to_canonical()) {
+                Some((Admitted::Main, slot)) => (&main, slot),
+                Some((Admitted::Liveness, slot)) => match &liveness {
+                    Some(lane) => (lane, slot),
+                    None => continue,
+                },
                 // Closed unanswered: a full server spends nothing more on it.
-                drop(stream);
-                continue;
+                None => continue,
             };
             let _ = stream.set_nodelay(true);
             connections.spawn(lane.connection(
                 stream,
                 peer,
                 limits.write_timeout,
-                (permit, ticket),
+                slot,
                 stopping.clone(),
             ));
         }
@@ -233,7 +233,7 @@ impl Lane {
         stream: TcpStream,
         peer: SocketAddr,
         write_timeout: Duration,
-        held: (OwnedSemaphorePermit, Option<Ticket>),
+        held: Slot,
         mut stopping: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let router = self.router.clone();
@@ -255,6 +255,72 @@ impl Lane {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+/// Which lane a connection was admitted to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admitted {
+    Main,
+    Liveness,
+}
+
+/// What an admitted connection holds until it ends: its lane's slot, its share of the remote
+/// slots when its peer is not on loopback, and its peer's count.
+struct Slot {
+    _lane: OwnedSemaphorePermit,
+    _remote: Option<OwnedSemaphorePermit>,
+    _peer: Ticket,
+}
+
+/// Who gets which lane: the counts the caps are checked against.
+struct Admission {
+    main: Arc<Semaphore>,
+    remote: Arc<Semaphore>,
+    max_per_peer: usize,
+    peers: Arc<Peers>,
+    liveness: Option<Arc<Semaphore>>,
+    probing: Arc<Peers>,
+}
+
+impl Admission {
+    /// The lane for a new connection from `peer_ip`, or None: close it.
+    fn admit(&self, peer_ip: IpAddr) -> Option<(Admitted, Slot)> {
+        let local = peer_ip.is_loopback();
+        let held = self.peers.held(peer_ip);
+        if !local && held >= self.max_per_peer {
+            return None;
+        }
+        // For a remote peer the main lane is full once the remote slots are taken.
+        let remote = if local {
+            Some(None)
+        } else {
+            Arc::clone(&self.remote).try_acquire_owned().ok().map(Some)
+        };
+        let main = remote.and_then(|remote| {
+            let lane = Arc::clone(&self.main).try_acquire_owned().ok()?;
+            Some((lane, remote))
+        });
+        if let Some((lane, remote)) = main {
+            let slot = Slot {
+                _lane: lane,
+                _remote: remote,
+                _peer: self.peers.enter(peer_ip),
+            };
+            return Some((Admitted::Main, slot));
+        }
+        if (held > 0 && !local) || self.probing.held(peer_ip) > 0 {
+            return None;
+        }
+        let lane = Arc::clone(self.liveness.as_ref()?)
+            .try_acquire_owned()
+            .ok()?;
+        let slot = Slot {
+            _lane: lane,
+            _remote: None,
+            _peer: self.probing.enter(peer_ip),
+        };
+        Some((Admitted::Liveness, slot))
     }
 }
 
@@ -434,6 +500,45 @@ mod tests {
     }
 
     const GET: &[u8] = b"GET /status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
+    #[test]
+    fn remote_peers_share_their_own_cap_and_loopback_keeps_the_rest() {
+        let admission = Admission {
+            main: Arc::new(Semaphore::new(4)),
+            remote: Arc::new(Semaphore::new(2)),
+            max_per_peer: 2,
+            peers: Arc::new(Peers::default()),
+            liveness: Some(Arc::new(Semaphore::new(1))),
+            probing: Arc::new(Peers::default()),
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().expect("address");
+        let (a, b, c, lo) = (
+            ip("198.18.0.10"),
+            ip("198.18.0.11"),
+            ip("198.18.0.12"),
+            ip("127.0.0.1"),
+        );
+        let lane = |peer| admission.admit(peer);
+        let kind = |admitted: &Option<(Admitted, Slot)>| admitted.as_ref().map(|(lane, _)| *lane);
+        let (first, second) = (lane(a), lane(b));
+        assert_eq!(
+            (kind(&first), kind(&second)),
+            (Some(Admitted::Main), Some(Admitted::Main))
+        );
+        // The remote share is taken: a newcomer gets the liveness lane, a holder nothing.
+        let probe = lane(c);
+        assert_eq!(kind(&probe), Some(Admitted::Liveness));
+        assert_eq!(kind(&lane(a)), None);
+        // Loopback still has the main lane's other two slots, then only the liveness lane.
+        let local = [lane(lo), lane(lo)];
+        assert_eq!(local.each_ref().map(kind), [Some(Admitted::Main); 2]);
+        assert_eq!(kind(&lane(lo)), None, "the liveness lane is taken");
+        drop(probe);
+        assert_eq!(kind(&lane(lo)), Some(Admitted::Liveness));
+        // A remote slot given back is a remote peer's again.
+        drop(first);
+        assert_eq!(kind(&lane(c)), Some(Admitted::Main));
+    }
 
     #[tokio::test]
     async fn half_sent_and_idle_connections_are_closed_at_the_header_timeout() {
