@@ -12,14 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::gateway::{app_client, send};
-use harness::{Emulator, Sidecar, free_port, require_root, require_tool, with};
+use harness::{
+    Emulator, Sidecar, Subnet, claim_subnet, free_port, require_root, require_tool, with,
+};
 
-/// A namespace joined to the host by a veth pair on 198.18.SUBNET.0/24: the host side is .1,
-/// the attacker has `SOURCES` addresses from .10 up, so it is many peers, not one.
+/// A namespace joined to the host by a veth pair on 198.18.SUBNET.0/24 (claimed: the first free
+/// one from the preferred): the host side is .1, the attacker has `SOURCES` addresses from .10
+/// up, so it is many peers, not one.
 struct FloodNet {
     namespace: String,
     host_link: String,
-    subnet: u8,
+    subnet: Subnet,
 }
 
 const SOURCES: u8 = 16;
@@ -43,7 +46,8 @@ impl FloodNet {
         if !require_root() {
             return None;
         }
-        let id = format!("{}h{subnet}", std::process::id() % 10_000);
+        let subnet = claim_subnet(subnet);
+        let id = format!("{}h{}", std::process::id() % 10_000, subnet.n);
         let net = FloodNet {
             namespace: format!("ssw-flood-{id}"),
             host_link: format!("sswfh{id}"),
@@ -81,7 +85,7 @@ impl FloodNet {
     }
 
     fn addr(&self, host: u8) -> String {
-        format!("198.18.{}.{host}", self.subnet)
+        format!("198.18.{}.{host}", self.subnet.n)
     }
 
     fn sources(&self) -> Vec<IpAddr> {

@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::gateway::{app_client, assert_each_logged_once, percentiles, send, send_stream};
-use harness::{Emulator, Env, Sidecar, fixed_http, require_root, require_tool, with};
+use harness::{
+    Emulator, Env, Sidecar, Subnet, claim_subnet, fixed_http, require_root, require_tool, with,
+};
 
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("run ip");
@@ -20,7 +22,7 @@ struct TestNet {
     namespace: String,
     host_link: String,
     ns_link: String,
-    subnet: u8,
+    subnet: Subnet,
 }
 
 impl TestNet {
@@ -29,7 +31,8 @@ impl TestNet {
         if !require_root() {
             return None;
         }
-        let id = format!("{}x{subnet}", std::process::id() % 10_000);
+        let subnet = claim_subnet(subnet);
+        let id = format!("{}x{}", std::process::id() % 10_000, subnet.n);
         let net = TestNet {
             namespace: format!("ssw-test-{id}"),
             host_link: format!("sswh{id}"),
@@ -54,7 +57,7 @@ impl TestNet {
     }
 
     fn addr(&self, host: u8) -> String {
-        format!("198.18.{}.{host}", self.subnet)
+        format!("198.18.{}.{host}", self.subnet.n)
     }
 
     fn bastion(&self) -> String {

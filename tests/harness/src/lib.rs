@@ -13,7 +13,8 @@
 //! - `servers`: small loopback servers a test controls (liars, traps, a switchable echo);
 //! - `redis`: a throwaway `redis-server`;
 //! - `env`: environment lists for a child;
-//! - `tools`: free ports, required tools and root, and the NOT RUN record of a skipped test.
+//! - `tools`: free ports, test subnets claimed across processes, required tools and root, and
+//!   the NOT RUN record of a skipped test.
 //!
 //! The harness never calls into the crate under test: it sees only the binary's command line,
 //! environment, output, exit codes and HTTP endpoints.
@@ -39,4 +40,4 @@ pub use redis::RedisServer;
 pub use secrets::{KEY, assert_clean, secret};
 pub use servers::{Recorded, SwitchableEcho, fixed_http, raw_server, wait_for_port};
 pub use sidecar::{Sidecar, StatusClient};
-pub use tools::{free_port, not_run, require_root, require_tool};
+pub use tools::{Subnet, claim_subnet, free_port, not_run, require_root, require_tool};

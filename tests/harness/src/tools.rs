@@ -79,3 +79,35 @@ pub fn not_run(reason: &str) {
         }
     }
 }
+
+/// A test network's /24, `198.18.N.0/24` (RFC 2544's benchmarking range), held exclusively
+/// by this test until dropped. Two test runs on one machine (a developer's and CI's, or two
+/// worktrees) would otherwise put the same subnet on two host links, and the kernel would
+/// route one run's packets into the other's namespace. The claim is an advisory lock on a
+/// file per subnet, so it holds across processes and threads and ends with the process.
+#[derive(Debug)]
+pub struct Subnet {
+    /// The third octet.
+    pub n: u8,
+    _lock: std::fs::File,
+}
+
+/// The first free subnet from `preferred` on (198.18.250.0/24 and above are left to tests that
+/// need an address no link has).
+pub fn claim_subnet(preferred: u8) -> Subnet {
+    const SUBNETS: u16 = 250;
+    let dir = std::env::temp_dir().join("sendsms-whitelister-test-subnets");
+    std::fs::create_dir_all(&dir).expect("the subnet lock directory");
+    (0..SUBNETS)
+        .map(|offset| ((u16::from(preferred) + offset) % SUBNETS) as u8)
+        .find_map(|n| {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(n.to_string()))
+                .expect("a subnet lock file");
+            file.try_lock().ok().map(|()| Subnet { n, _lock: file })
+        })
+        .expect("a free test subnet: all 250 are claimed")
+}
