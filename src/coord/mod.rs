@@ -586,6 +586,7 @@ mod contract {
     /// What every store must do, checked against each backend by its own tests.
     pub(super) async fn assert_store_contract(store: Store) {
         let ip: IpAddr = "203.0.113.7".parse().expect("ip");
+        let other: IpAddr = "203.0.113.8".parse().expect("ip");
         let ttl = Duration::from_secs(30);
         assert_eq!(store.try_lease(ip, "a", ttl).await.expect("lease"), None);
         assert_eq!(
@@ -619,6 +620,18 @@ mod contract {
             store.read_verified(ip).await.expect("read"),
             Some(record.clone())
         );
+        // Each address has its record and its lease apart: a record never answers for another
+        // address (that would make an unlisted one "verified"), nor frees a lease.
+        assert_eq!(
+            store.read_verified(other).await.expect("read"),
+            None,
+            "a record answers for its own address only"
+        );
+        assert_eq!(
+            store.try_lease(ip, "c", ttl).await.expect("lease"),
+            Some("b".into()),
+            "a record leaves the lease alone"
+        );
         store
             .write_verified(&record, Duration::from_millis(5))
             .await
@@ -645,7 +658,12 @@ mod contract {
             "{wait:?}"
         );
         let short = Duration::from_millis(200);
-        let other: IpAddr = "203.0.113.8".parse().expect("ip");
+        tokio::time::sleep(short + Duration::from_millis(50)).await;
+        assert_eq!(
+            store.take_budget(2, short, "t4").await.expect("budget"),
+            None,
+            "bookings older than the window no longer count"
+        );
         assert_eq!(
             store.try_lease(other, "c", short).await.expect("lease"),
             None

@@ -275,9 +275,30 @@ mod tests {
         assert!(RedisStore::new(&url, &scope, Duration::from_secs(3)).is_ok());
     }
 
+    /// A redis-server child that ends with the test, also when the test fails (a panicking
+    /// test, as under a mutant, would otherwise leave it running, holding the test's stderr).
+    struct Server(std::process::Child);
+
+    impl Server {
+        fn id(&self) -> u32 {
+            self.0.id()
+        }
+
+        fn kill(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
     /// A throwaway redis-server on a free port; None (said loudly) where it is not installed,
     /// a failure in CI.
-    fn redis_server() -> Option<(std::process::Child, u16)> {
+    fn redis_server() -> Option<(Server, u16)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -294,7 +315,7 @@ mod tests {
             .stdout(std::process::Stdio::null())
             .spawn()
         {
-            Ok(child) => Some((child, port)),
+            Ok(child) => Some((Server(child), port)),
             Err(e) => {
                 assert!(std::env::var_os("CI").is_none(), "redis-server: {e}");
                 eprintln!("NOT RUN: redis-server is not installed ({e})");
@@ -303,17 +324,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn keeps_the_store_contract_with_a_budget_scoped_per_key() {
-        let Some((mut server, port)) = redis_server() else {
-            return;
-        };
+    /// A store on the redis-server at `port`, once that answers.
+    async fn started(port: u16, timeout: Duration) -> (crate::secret::SecretUrl, RedisStore) {
         let url = crate::secret::SecretUrl::new(format!("redis://127.0.0.1:{port}/0"));
         let scope = Scope {
             username: "alice".into(),
             fingerprint: "0123".into(),
         };
-        let store = RedisStore::new(&url, &scope, Duration::from_secs(3)).expect("store");
+        let store = RedisStore::new(&url, &scope, timeout).expect("store");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while store.ping().await.is_err() {
             assert!(
@@ -322,6 +340,50 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        (url, store)
+    }
+
+    fn signal(pid: u32, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {signal}");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_answers_within_its_timeout_is_up() {
+        let Some((mut server, port)) = redis_server() else {
+            return;
+        };
+        let timeout = Duration::from_millis(1500);
+        let (_, store) = started(port, timeout).await;
+        // Stopped for 1 s: slower than half the timeout, well within it.
+        let pid = server.id();
+        signal(pid, "-STOP");
+        let resumed = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            signal(pid, "-CONT");
+        });
+        let asked = std::time::Instant::now();
+        let answer = store.ping().await;
+        let waited = asked.elapsed();
+        let _ = resumed.join();
+        server.kill();
+        answer.expect("answered within the timeout");
+        assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn keeps_the_store_contract_with_a_budget_scoped_per_key() {
+        let Some((mut server, port)) = redis_server() else {
+            return;
+        };
+        let scope = Scope {
+            username: "alice".into(),
+            fingerprint: "0123".into(),
+        };
+        let (url, store) = started(port, Duration::from_secs(3)).await;
         super::super::contract::assert_store_contract(super::super::Store::Redis(Box::new(
             RedisStore::new(&url, &scope, Duration::from_secs(3)).expect("store"),
         )))
@@ -351,8 +413,7 @@ mod tests {
             "slides"
         );
 
-        let _ = server.kill();
-        let _ = server.wait();
+        server.kill();
         assert!(
             store.ping().await.is_err(),
             "a dead server is an error, not a hang"
