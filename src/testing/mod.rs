@@ -41,6 +41,20 @@ impl std::io::Write for Sink {
 
 impl Logs {
     pub(crate) fn capture() -> Self {
+        // tracing caches, for each log statement, whether any subscriber wants it, computed
+        // over the subscribers alive at that moment. With only thread-local subscribers, a
+        // statement first reached on a test thread without one, just as another test installs
+        // its capture, can be cached as wanted by nobody: its events are then dropped for
+        // every test (CI lost a rate-limit wait's line this way). A global subscriber that
+        // wants everything down to DEBUG and writes nothing keeps every statement wanted; each
+        // event still goes to the capturing thread's own subscriber.
+        static LISTENING: std::sync::Once = std::sync::Once::new();
+        LISTENING.call_once(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            let quiet =
+                tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::DEBUG);
+            let _ = tracing::subscriber::set_global_default(quiet);
+        });
         let written = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&written);
         let subscriber = tracing_subscriber::fmt()
