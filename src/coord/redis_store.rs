@@ -375,6 +375,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_proof_is_shared_after_the_work_even_when_the_store_stalls_for_two_seconds() {
+        let Some((server, port)) = redis_server() else {
+            return;
+        };
+        let (url, _) = started(port, Duration::from_secs(3)).await;
+        let flow = crate::testing::flow_settings(Duration::from_secs(60));
+        let settings = super::super::Settings {
+            mode: super::super::Mode::Redis(url),
+            ..flow.coordination
+        };
+        let member = super::super::Coordinator::new(
+            &settings,
+            &flow.credentials,
+            None,
+            std::sync::Arc::default(),
+        )
+        .expect("store")
+        .expect("coordinated");
+        let ip: IpAddr = "203.0.113.9".parse().expect("ip");
+        let pid = server.id();
+        let work = async move {
+            // The store stops answering as the work ends: sharing the proof waits 2 s for it,
+            // within the store's 3 s timeout and the time set aside for sharing and letting go.
+            signal(pid, "-STOP");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                signal(pid, "-CONT");
+            });
+            Ok::<(), ()>(())
+        };
+        assert!(matches!(
+            member.ensure(ip, 0, work).await,
+            super::super::Coordinated::Own(Ok(()))
+        ));
+        // Known to be shared: a write cut off at its deadline may still land once the store
+        // resumes, but the member would count it as not shared.
+        assert_eq!(member.status().records_written, 1, "the proof is shared");
+        assert!(
+            member
+                .store
+                .read_verified(ip)
+                .await
+                .expect("read")
+                .is_some(),
+            "the fleet finds the proof"
+        );
+    }
+
+    #[tokio::test]
     async fn keeps_the_store_contract_with_a_budget_scoped_per_key() {
         let Some((mut server, port)) = redis_server() else {
             return;
