@@ -136,10 +136,19 @@ impl Sidecar {
         self.get("/readyz").await.0 == 200
     }
 
-    /// `/status` as JSON.
+    /// `/status` as JSON. A sidecar just started may not listen yet (a loaded machine starts it
+    /// slowly): a refused connection is tried again for up to 10 s before it fails the test.
     pub async fn status(&self) -> Value {
-        let (code, body) = self.get("/status").await;
-        serde_json::from_str(&body).unwrap_or_else(|_| panic!("/status {code}: {body}"))
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = self.get("/status").await;
+            if code == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                continue;
+            }
+            return serde_json::from_str(&body)
+                .unwrap_or_else(|_| panic!("/status {code}: {body}"));
+        }
     }
 
     /// Waits until `/status` satisfies `done` and returns it, or panics after `within`.
